@@ -1,0 +1,1 @@
+"""Train, evaluate, picture and export a convolutional VAE (see README.md)."""

@@ -1,0 +1,214 @@
+"""Command line: `python -m training {train,evaluate,plots,export}`; see `--help` of each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.config import ModelConfig, TrainConfig
+from training.data import DATASETS, DatasetError
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a conv VAE; checkpoints and metrics go to --out")
+    d = TrainConfig()
+    m = ModelConfig()
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    p.add_argument("--data-dir", help="folder of the four standard IDX files (overrides the default source)")
+    p.add_argument("--out", type=Path, default=Path("runs/mnist"), help="run folder (checkpoints, metrics)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="peak Adam learning rate (cosine decay)")
+    p.add_argument("--min-lr", type=float, default=d.min_learning_rate)
+    p.add_argument("--objective", choices=("elbo", "iwae"), default=d.objective)
+    p.add_argument("--train-samples", type=int, default=d.train_samples, help="importance samples for iwae")
+    p.add_argument("--beta", type=float, default=d.beta, help="KL weight (ELBO objective)")
+    p.add_argument("--kl-warmup-epochs", type=float, default=d.kl_warmup_epochs, help="ramp beta from 0")
+    p.add_argument("--free-bits", type=float, default=d.free_bits, help="min KL nats per latent dim")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--latent-dim", type=int, default=m.latent_dim)
+    p.add_argument("--hidden-channels", type=int, default=m.hidden_channels)
+    p.add_argument("--hidden-units", type=int, default=m.hidden_units)
+    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=m.likelihood)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--init-from", type=Path, help="start from this checkpoint's weights (fine-tuning)")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from training.train import train
+
+    config = TrainConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        min_learning_rate=args.min_lr,
+        objective=args.objective,
+        train_samples=args.train_samples,
+        beta=args.beta,
+        kl_warmup_epochs=args.kl_warmup_epochs,
+        free_bits=args.free_bits,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        model=ModelConfig(
+            latent_dim=args.latent_dim,
+            hidden_channels=args.hidden_channels,
+            hidden_units=args.hidden_units,
+            likelihood=args.likelihood,
+        ),
+    )
+    best = train(config, args.out, resume=args.resume, init_from=args.init_from)
+    print(f"best checkpoint: {best}")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="test ELBO and importance-weighted NLL (nats)")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--k", type=int, default=5000, help="importance samples per image (5000 to publish)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N test images (quick looks)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the test binarization and the sampling")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write the result as JSON here")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from training.data import fixed_binarization
+    from training.evaluate import evaluate
+
+    model, checkpoint, data = _load(args.checkpoint, args.threads)
+    images = data.test.images[: args.limit]
+    x = fixed_binarization(images, args.seed) if model.config.likelihood == "bernoulli" else torch.from_numpy(images)
+    torch.manual_seed(args.seed)
+    result = evaluate(model, x, args.k)
+    payload = {**result.to_dict(), "dataset": data.name, "split": "test", "binarization_seed": args.seed,
+               "checkpoint_epoch": checkpoint.get("epoch")}  # fmt: skip
+    text = json.dumps(payload, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+def _add_plots(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plots", help="PNG pictures: reconstructions, samples, interpolations, latent map, curves")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    p.add_argument("--metrics", type=Path, nargs="*", default=[], help="metrics.csv files for the loss curves")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(handler=_run_plots)
+
+
+def _run_plots(args: argparse.Namespace) -> None:
+    from training import plots
+
+    model, _, data = _load(args.checkpoint, args.threads)
+    test, out = data.test, args.out
+    written = [
+        plots.plot_reconstructions(model, test.images[:64], out / "reconstructions.png"),
+        plots.plot_samples(model, out / "samples.png", seed=args.seed),
+        plots.plot_interpolations(model, test.images[100:110], out / "interpolations.png"),
+        plots.plot_latent_map(model, test.images[:5000], test.labels[:5000], list(data.label_names),
+                              out / "latent_map.png"),
+    ]  # fmt: skip
+    if model.config.latent_dim == 2:
+        written.append(plots.plot_manifold(model, out / "manifold.png"))
+    metrics = args.metrics or [p for p in [args.checkpoint.parent / "metrics.csv"] if p.exists()]
+    if metrics:
+        written.append(plots.plot_loss_curves(metrics, out / "loss_curves.png"))
+    for path in written:
+        print(path)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="TorchScript + config.pbtxt + metadata into a Triton model repository")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--repo", type=Path, default=Path("deploy/model_repository"))
+    p.add_argument("--name", default="mnist", help="VAE name: Triton models <name>_encoder, <name>_decoder")
+    p.add_argument("--variant", choices=("libtorch", "python"), default="libtorch",
+                   help="libtorch: pytorch_libtorch platform; python: Triton Python backend loading the same file")  # fmt: skip
+    p.add_argument("--instance-kind", choices=("KIND_GPU", "KIND_CPU"), default="KIND_GPU")
+    p.add_argument("--max-batch-size", type=int, default=256)
+    p.add_argument("--evaluation", type=Path, help="JSON written by `evaluate --out`, stored in the metadata")
+    p.add_argument("--attribute-images", type=int, help="use only the first N training images for attributes")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    import json
+
+    from training.export import export_repository
+
+    model, checkpoint, _ = _load(args.checkpoint, 0, need_data=False)
+    evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
+    path = export_repository(model, checkpoint, args.repo, args.name, args.variant, args.instance_kind,
+                             args.max_batch_size, evaluation, args.attribute_images)  # fmt: skip
+    print(path)
+
+
+def _add_python_repo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("python-repo", help="derive a Python-backend repository from an exported one")
+    p.add_argument("--source", type=Path, default=Path("deploy/model_repository"))
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_run_python_repo)
+
+
+def _run_python_repo(args: argparse.Namespace) -> None:
+    from training.export import derive_python_variant
+
+    for path in derive_python_variant(args.source, args.out):
+        print(path)
+
+
+def _load(checkpoint_path: Path, threads: int, need_data: bool = True):  # type: ignore[no-untyped-def]
+    """(model, checkpoint, dataset) for the evaluation-side commands."""
+    import torch
+
+    from training.config import TrainConfig
+    from training.data import load_dataset
+    from training.model import load_checkpoint
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if not checkpoint_path.exists():
+        raise DatasetError(f"checkpoint {checkpoint_path} does not exist; train first (python -m training train)")
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    if not need_data:
+        return model, checkpoint, None
+    config = TrainConfig.from_dict(checkpoint["train_config"])
+    return model, checkpoint, load_dataset(config.dataset, config.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_evaluate, _add_plots, _add_export, _add_python_repo):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

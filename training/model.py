@@ -1,0 +1,121 @@
+"""The convolutional VAE: encoder q(z|x) = N(mu, diag(sigma^2)) and decoder p(x|z).
+
+Importing this module has no side effects; `ConvVAE(ModelConfig(...))` builds the network, and the
+config is saved with every checkpoint so `load_checkpoint` can rebuild it from the file alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training import losses
+from training.config import ModelConfig
+
+
+class Encoder(nn.Module):
+    """x [B, C, H, W] in [0, 1] -> (mu, logvar), each [B, latent_dim]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c, side = config.hidden_channels, config.image_size // 4
+        self.features = nn.Sequential(
+            nn.Conv2d(config.image_channels, c, 4, stride=2, padding=1),
+            nn.ELU(),
+            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1),
+            nn.ELU(),
+            nn.Flatten(),
+            nn.Linear(2 * c * side * side, config.hidden_units),
+            nn.ELU(),
+        )
+        self.head = nn.Linear(config.hidden_units, 2 * config.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(self.features(x)).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """z [B, latent_dim] -> pixel logits [B, C, H, W] (Bernoulli log-odds, or the Gaussian mean pre-sigmoid)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c, side = config.hidden_channels, config.image_size // 4
+        self.net = nn.Sequential(
+            nn.Linear(config.latent_dim, config.hidden_units),
+            nn.ELU(),
+            nn.Linear(config.hidden_units, 2 * c * side * side),
+            nn.ELU(),
+            nn.Unflatten(1, (2 * c, side, side)),
+            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1),
+            nn.ELU(),
+            nn.ConvTranspose2d(c, config.image_channels, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class ConvVAE(nn.Module):
+    """Encoder + decoder + (for the Gaussian likelihood) a learned per-channel log standard deviation."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.image_size % 4 != 0:
+            raise ValueError(f"image_size must be a multiple of 4, got {config.image_size}")
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.log_scale = nn.Parameter(torch.full((config.image_channels,), -2.0))
+
+    def decoder_log_scale(self) -> torch.Tensor | None:
+        """The Gaussian likelihood's log sigma, clamped to keep the density finite; None for Bernoulli."""
+        if self.config.likelihood != "gaussian":
+            return None
+        return self.log_scale.clamp(min=-6.0, max=2.0)
+
+    def log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return losses.log_likelihood(x, logits, self.config.likelihood, self.decoder_log_scale())
+
+    def mean_image(self, logits: torch.Tensor) -> torch.Tensor:
+        """E[x|z] in [0, 1] for both likelihoods."""
+        return torch.sigmoid(logits)
+
+    def log_importance_weights(self, x: torch.Tensor, samples: int) -> torch.Tensor:
+        """[samples, B] log weights log p(x, z_k) - log q(z_k|x), z_k ~ q(z|x) reparameterized."""
+        mu, logvar = self.encoder(x)
+        z = losses.reparameterize(mu, logvar, samples)
+        logits = self.decoder(z.flatten(0, 1)).unflatten(0, (samples, x.shape[0]))
+        return losses.log_importance_weights(
+            x, z, mu, logvar, logits, self.config.likelihood, self.decoder_log_scale()
+        )
+
+    def elbo_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p(x|z) with one reparameterized sample, KL per dimension, mu) per example."""
+        mu, logvar = self.encoder(x)
+        z = losses.reparameterize(mu, logvar, 1)[0]
+        reconstruction = self.log_likelihood(x, self.decoder(z))
+        return reconstruction, losses.kl_to_standard_normal(mu, logvar), mu
+
+
+def save_checkpoint(path: Path, model: ConvVAE, extra: dict[str, Any]) -> None:
+    """Write atomically so an interrupted save never leaves a truncated checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"model_config": model.config.to_dict(), "model_state": model.state_dict(), **extra}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, map_location: str = "cpu") -> tuple[ConvVAE, dict[str, Any]]:
+    """Rebuild the model from the checkpoint alone; returns (model in eval mode, the whole checkpoint dict).
+
+    Loads the EMA weights when the checkpoint has them: they are the ones evaluated and exported.
+    """
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    model = ConvVAE(ModelConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint.get("ema_state") or checkpoint["model_state"])
+    model.eval()
+    return model, checkpoint

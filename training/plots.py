@@ -1,0 +1,145 @@
+"""The pictures people look at, as PNG: reconstructions, prior samples, interpolations, latent map, curves.
+
+Image grids are tiled with numpy and written with Pillow (exact pixels); the scatter and curve plots use
+matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.latent import lerp, slerp
+from training.model import ConvVAE
+
+
+def tile(images: np.ndarray, cols: int, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """[N, C, H, W] in [0, 1] -> one [rows*(H+pad)+pad, cols*(W+pad)+pad, C] uint8 canvas."""
+    n, c, h, w = images.shape
+    rows = -(-n // cols)
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), pad_value, dtype=np.float32)
+    for index in range(n):
+        r, k = divmod(index, cols)
+        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        canvas[top : top + h, left : left + w] = images[index].transpose(1, 2, 0)
+    return (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_grid(images: np.ndarray, cols: int, path: Path, scale: int = 3) -> Path:
+    canvas = tile(images, cols)
+    mode = "L" if canvas.shape[-1] == 1 else "RGB"
+    picture = Image.fromarray(canvas[..., 0] if mode == "L" else canvas, mode=mode)
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path
+
+
+@torch.inference_mode()
+def decode_mean(model: ConvVAE, z: np.ndarray | torch.Tensor) -> np.ndarray:
+    return model.mean_image(model.decoder(torch.as_tensor(z, dtype=torch.float32))).numpy()
+
+
+@torch.inference_mode()
+def encode_mean(model: ConvVAE, images: np.ndarray) -> np.ndarray:
+    return model.encoder(torch.as_tensor(images))[0].numpy()
+
+
+def plot_reconstructions(model: ConvVAE, images: np.ndarray, path: Path, cols: int = 16) -> Path:
+    """Rows alternate: inputs, then their reconstructions (decoder mean at the posterior mean)."""
+    images = images[: (len(images) // cols) * cols]
+    recon = decode_mean(model, encode_mean(model, images))
+    rows = [block for start in range(0, len(images), cols) for block in (images[start : start + cols], recon[start : start + cols])]
+    return save_grid(np.concatenate(rows), cols, path)
+
+
+def plot_samples(model: ConvVAE, path: Path, n: int = 100, seed: int = 0, temperature: float = 1.0) -> Path:
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn((n, model.config.latent_dim), generator=generator) * temperature
+    return save_grid(decode_mean(model, z), int(np.sqrt(n)), path)
+
+
+def plot_interpolations(model: ConvVAE, images: np.ndarray, path: Path, pairs: int = 5, steps: int = 10) -> Path:
+    """For each pair of test images: a linear row, then a spherical row, endpoints being reconstructions."""
+    z = encode_mean(model, images[: 2 * pairs])
+    rows = []
+    for p in range(pairs):
+        a, b = z[2 * p], z[2 * p + 1]
+        rows += [lerp(a, b, steps), slerp(a, b, steps)]
+    return save_grid(decode_mean(model, np.concatenate(rows)), steps, path)
+
+
+def plot_latent_map(model: ConvVAE, images: np.ndarray, labels: np.ndarray, label_names: list[str], path: Path) -> Path:
+    """Posterior means coloured by label: the plane itself for a 2-D latent, else the top-2 PCA projection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = encode_mean(model, images)
+    if z.shape[1] == 2:
+        points, xlabel, ylabel = z, "z1", "z2"
+    else:
+        centred = z - z.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        points, xlabel, ylabel = centred @ vt[:2].T, "PC 1", "PC 2"
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for index, name in enumerate(label_names):
+        mask = labels == index
+        ax.scatter(points[mask, 0], points[mask, 1], s=2, color=cmap(index % 10), label=name, alpha=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"latent means of {len(z)} test images ({z.shape[1]}-D latent)")
+    ax.legend(markerscale=5, fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_manifold(model: ConvVAE, path: Path, side: int = 15, extent: float = 2.5) -> Path:
+    """For a 2-D latent: decoded images on a regular grid over the plane."""
+    axis = np.linspace(-extent, extent, side, dtype=np.float32)
+    grid = np.stack(np.meshgrid(axis, -axis), axis=-1).reshape(-1, 2)
+    return save_grid(decode_mean(model, grid), side, path, scale=2)
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    with path.open() as f:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_loss_curves(metric_files: list[Path], path: Path) -> Path:
+    """Train and validation ELBO per epoch; several runs (e.g. pre-training then fine-tuning) are chained."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    offset = 0
+    for metrics_path in metric_files:
+        rows = read_metrics(metrics_path)
+        epochs = [offset + row["epoch"] for row in rows]
+        label = metrics_path.parent.name
+        ax.plot(epochs, [-row["train_elbo"] for row in rows], label=f"{label}: train bound (-)")
+        ax.plot(epochs, [-row["valid_elbo"] for row in rows], label=f"{label}: valid ELBO (-)")
+        offset = int(epochs[-1]) if epochs else offset
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image (lower is better)")
+    lows = [-max(r["valid_elbo"], r["train_elbo"]) for m in metric_files for r in read_metrics(m)]
+    if lows:
+        ax.set_ylim(min(lows) - 2, min(lows) + 40)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

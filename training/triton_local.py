@@ -1,0 +1,153 @@
+"""Run a real `tritonserver` (the one shipped in the `nvidia-pytriton` wheel) on a Python-backend repository.
+
+For CPU machines without Triton's container: the tests use it, and so can a developer
+(`python -m training.triton_local REPO`). Production runs NVIDIA's container with the libtorch backend.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class TritonStartError(RuntimeError):
+    pass
+
+
+def _pytriton_root() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise TritonStartError("nvidia-pytriton is not installed: `pip install nvidia-pytriton`") from exc
+    return Path(pytriton.__file__).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def backend_directory(target: Path) -> Path:
+    """Lay out `target/python/` as tritonserver's --backend-directory expects, from the wheel's files."""
+    root = _pytriton_root() / "tritonserver"
+    python_dir = target / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = [
+        root / "backends" / "python" / "libtriton_python.so",
+        root / "backends" / "python" / "triton_python_backend_utils.py",
+        root / "python_backend_stubs" / version / "triton_python_backend_stub",
+    ]
+    for source in sources:
+        if not source.exists():
+            raise TritonStartError(f"nvidia-pytriton lacks {source}")
+        destination = python_dir / source.name
+        if not destination.exists():
+            shutil.copy2(source, destination)
+    return target
+
+
+def server_environment() -> dict[str, str]:
+    """LD_LIBRARY_PATH: this Python's libpython first (else the stub picks the system's and dies), then the
+    wheel's bundled libraries; PYTHONPATH: this environment's site-packages so model.py can import torch."""
+    site_packages = sysconfig.get_paths()["purelib"]
+    libs = [sysconfig.get_config_var("LIBDIR") or "", str(Path(site_packages) / "nvidia_pytriton.libs")]
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    env["PYTHONPATH"] = ":".join([site_packages, env.get("PYTHONPATH", "")]).rstrip(":")
+    return env
+
+
+@dataclass
+class TritonServer:
+    """A running tritonserver process and its ports; `stop()` ends it, `start()` starts it again."""
+
+    repository: Path
+    workdir: Path
+    grpc_port: int = field(default_factory=_free_port)
+    http_port: int = field(default_factory=_free_port)
+    metrics_port: int = field(default_factory=_free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "tritonserver.log"
+
+    def start(self, timeout_s: float = 120.0) -> TritonServer:
+        binary = _pytriton_root() / "tritonserver" / "bin" / "tritonserver"
+        backends = backend_directory(self.workdir / "backends")
+        cmd = [
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-port={self.http_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-grpc=true",
+            "--allow-http=true",
+            "--log-verbose=0",
+        ]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_environment())
+        self._wait_ready(timeout_s)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise TritonStartError(f"tritonserver exited; log:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise TritonStartError(f"tritonserver not ready after {timeout_s}s; log:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python -m training.triton_local PYTHON_BACKEND_REPOSITORY", file=sys.stderr)
+        return 2
+    server = TritonServer(Path(sys.argv[1]).resolve(), Path(tempfile.mkdtemp(prefix="triton-")))
+    server.start()
+    print(f"tritonserver ready: grpc {server.grpc_url}, http {server.http_port}, metrics {server.metrics_port}")
+    try:
+        assert server.process is not None
+        server.process.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

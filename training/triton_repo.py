@@ -1,0 +1,164 @@
+"""The Triton model-repository contract: tensor names, `config.pbtxt` text, and the Python-backend variant.
+
+One VAE named N is two Triton models, `N_encoder` and `N_decoder`, plus `N.vae.json` (the metadata the
+service reads) at the repository root. Tensor names follow the libtorch backend's `<name>__<index>` rule, and
+the Python-backend variant uses the same names, so a client never needs to know which backend serves it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Variant = Literal["libtorch", "python"]
+InstanceKind = Literal["KIND_GPU", "KIND_CPU"]
+METADATA_SUFFIX = ".vae.json"
+MODEL_FILE = "model.pt"
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dims: tuple[int, ...]  # without the batch dimension
+    data_type: str = "TYPE_FP32"
+
+
+@dataclass(frozen=True)
+class TritonModelSpec:
+    """One Triton model: a TorchScript module with a batch-first input and tuple outputs."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def encoder_spec(vae_name: str, image_shape: tuple[int, int, int], latent_dim: int) -> TritonModelSpec:
+    return TritonModelSpec(
+        f"{vae_name}_encoder",
+        (TensorSpec("image__0", image_shape),),
+        (TensorSpec("mu__0", (latent_dim,)), TensorSpec("logvar__1", (latent_dim,))),
+    )
+
+
+def decoder_spec(vae_name: str, image_shape: tuple[int, int, int], latent_dim: int) -> TritonModelSpec:
+    return TritonModelSpec(
+        f"{vae_name}_decoder",
+        (TensorSpec("latent__0", (latent_dim,)),),
+        (TensorSpec("mean__0", image_shape), TensorSpec("logits__1", image_shape)),
+    )
+
+
+def _tensor_block(key: str, tensors: tuple[TensorSpec, ...]) -> str:
+    entries = ",\n".join(
+        f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {", ".join(map(str, t.dims))} ]\n  }}'
+        for t in tensors
+    )
+    return f"{key} [\n{entries}\n]\n"
+
+
+def config_pbtxt(
+    spec: TritonModelSpec,
+    variant: Variant,
+    max_batch_size: int,
+    instance_kind: InstanceKind,
+    max_queue_delay_us: int = 500,
+    instance_count: int = 1,
+) -> str:
+    """config.pbtxt text: platform/backend, batching, tensors, instance group."""
+    header = 'platform: "pytorch_libtorch"\n' if variant == "libtorch" else 'backend: "python"\n'
+    preferred = sorted({s for s in (8, 32, max_batch_size) if s <= max_batch_size})
+    text = (
+        f'name: "{spec.name}"\n{header}max_batch_size: {max_batch_size}\n'
+        + _tensor_block("input", spec.inputs)
+        + _tensor_block("output", spec.outputs)
+        + "dynamic_batching {\n"
+        + f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
+        + f"  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
+        + f"instance_group [\n  {{\n    count: {instance_count}\n    kind: {instance_kind}\n  }}\n]\n"
+    )
+    if variant == "libtorch":
+        # Inference mode and no JIT profiling: steady latency from the first request on.
+        text += (
+            'parameters: { key: "INFERENCE_MODE" value: { string_value: "true" } }\n'
+            'parameters: { key: "DISABLE_OPTIMIZED_EXECUTION" value: { string_value: "false" } }\n'
+        )
+    return text
+
+
+PYTHON_BACKEND_MODEL = '''"""Triton Python-backend model: runs the TorchScript file beside it (written by `python -m training export`).
+
+For servers without the libtorch backend. Requests of one dynamic batch are concatenated, run in one
+forward pass, and split back, one response per request, in order.
+"""
+
+import json
+import os
+import sys
+
+# The stub's embedded interpreter ignores PYTHONPATH; honour it so torch can come from a virtual environment.
+sys.path.extend(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_names = [t["name"] for t in config["input"]]
+        self.output_names = [t["name"] for t in config["output"]]
+        threads = config.get("parameters", {}).get("TORCH_THREADS", {}).get("string_value", "1")
+        torch.set_num_threads(int(threads))
+        path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
+        self.module = torch.jit.load(path, map_location="cpu").eval()
+
+    def execute(self, requests):
+        per_request = [
+            [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]
+            for request in requests
+        ]
+        sizes = [arrays[0].shape[0] for arrays in per_request]
+        inputs = [
+            torch.from_numpy(np.ascontiguousarray(np.concatenate([arrays[i] for arrays in per_request])))
+            for i in range(len(self.input_names))
+        ]
+        with torch.inference_mode():
+            outputs = self.module(*inputs)
+        if isinstance(outputs, torch.Tensor):
+            outputs = (outputs,)
+        responses, offset = [], 0
+        for size in sizes:
+            tensors = [
+                pb_utils.Tensor(name, output[offset : offset + size].numpy())
+                for name, output in zip(self.output_names, outputs)
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            offset += size
+        return responses
+'''
+
+
+def write_model(
+    repo: Path,
+    spec: TritonModelSpec,
+    torchscript_file: Path,
+    variant: Variant,
+    max_batch_size: int,
+    instance_kind: InstanceKind,
+) -> Path:
+    """Lay out `repo/<name>/config.pbtxt` and `repo/<name>/1/model.pt` (+ `model.py` for the Python backend)."""
+    model_dir = repo / spec.name
+    version_dir = model_dir / VERSION
+    version_dir.mkdir(parents=True, exist_ok=True)
+    if torchscript_file.resolve() != (version_dir / MODEL_FILE).resolve():
+        shutil.copyfile(torchscript_file, version_dir / MODEL_FILE)
+    config = config_pbtxt(spec, variant, max_batch_size, instance_kind)
+    if variant == "python":
+        config += 'parameters: { key: "TORCH_THREADS" value: { string_value: "1" } }\n'
+        (version_dir / "model.py").write_text(PYTHON_BACKEND_MODEL)
+    (model_dir / "config.pbtxt").write_text(config)
+    return model_dir
