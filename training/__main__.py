@@ -36,6 +36,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=m.likelihood)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--init-from", type=Path, help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--stop-after-epoch", type=int, help="end this call after that epoch; continue with --resume")
     p.set_defaults(handler=_run_train)
 
 
@@ -65,7 +66,7 @@ def _run_train(args: argparse.Namespace) -> None:
             likelihood=args.likelihood,
         ),
     )
-    best = train(config, args.out, resume=args.resume, init_from=args.init_from)
+    best = train(config, args.out, args.resume, args.init_from, args.stop_after_epoch)
     print(f"best checkpoint: {best}")
 
 
@@ -139,7 +140,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repo", type=Path, default=Path("deploy/model_repository"))
     p.add_argument("--name", default="mnist", help="VAE name: Triton models <name>_encoder, <name>_decoder")
     p.add_argument("--variant", choices=("libtorch", "python"), default="libtorch",
-                   help="libtorch: pytorch_libtorch platform; python: Triton Python backend loading the same file")  # fmt: skip
+                   help="libtorch: pytorch_libtorch platform; python: Python backend, same file")  # fmt: skip
     p.add_argument("--instance-kind", choices=("KIND_GPU", "KIND_CPU"), default="KIND_GPU")
     p.add_argument("--max-batch-size", type=int, default=256)
     p.add_argument("--evaluation", type=Path, help="JSON written by `evaluate --out`, stored in the metadata")

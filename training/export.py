@@ -42,7 +42,8 @@ class TorchScriptEncoder(nn.Module):
         self.encoder = model.encoder
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(image)
+        mu, logvar = self.encoder(image)
+        return mu.contiguous(), logvar.contiguous()  # chunk() gives strided views; servers want dense rows
 
 
 class TorchScriptDecoder(nn.Module):

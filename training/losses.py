@@ -58,13 +58,12 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, samples: int = 1) -> 
 
 
 def free_bits_kl(kl_per_dim: torch.Tensor, free_bits: float) -> torch.Tensor:
-    """KL summed over dims, each dim's batch-mean KL clamped below at `free_bits` nats (Kingma et al. 2016)."""
+    """KL summed over dims, where a dim whose batch-mean KL is below `free_bits` nats counts as exactly
+    `free_bits` and gets no gradient (Kingma et al. 2016), so the encoder is not pushed to collapse it."""
     if free_bits <= 0.0:
         return kl_per_dim.sum(-1)
-    batch_mean = kl_per_dim.mean(0, keepdim=True)
-    clamped = torch.clamp(batch_mean, min=free_bits)
-    # Per-example value whose batch mean equals the clamped objective; gradient vanishes on clamped dims.
-    return (kl_per_dim * (clamped / batch_mean.clamp_min(1e-12)).detach()).sum(-1)
+    below = kl_per_dim.detach().mean(0, keepdim=True) < free_bits
+    return torch.where(below, torch.full_like(kl_per_dim, free_bits), kl_per_dim).sum(-1)
 
 
 def log_importance_weights(

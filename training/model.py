@@ -89,9 +89,7 @@ class ConvVAE(nn.Module):
         mu, logvar = self.encoder(x)
         z = losses.reparameterize(mu, logvar, samples)
         logits = self.decoder(z.flatten(0, 1)).unflatten(0, (samples, x.shape[0]))
-        return losses.log_importance_weights(
-            x, z, mu, logvar, logits, self.config.likelihood, self.decoder_log_scale()
-        )
+        return losses.log_importance_weights(x, z, mu, logvar, logits, self.config.likelihood, self.decoder_log_scale())
 
     def elbo_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log p(x|z) with one reparameterized sample, KL per dimension, mu) per example."""

@@ -33,7 +33,7 @@ def save_grid(images: np.ndarray, cols: int, path: Path, scale: int = 3) -> Path
     canvas = tile(images, cols)
     mode = "L" if canvas.shape[-1] == 1 else "RGB"
     picture = Image.fromarray(canvas[..., 0] if mode == "L" else canvas, mode=mode)
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
     return path
@@ -53,7 +53,11 @@ def plot_reconstructions(model: ConvVAE, images: np.ndarray, path: Path, cols: i
     """Rows alternate: inputs, then their reconstructions (decoder mean at the posterior mean)."""
     images = images[: (len(images) // cols) * cols]
     recon = decode_mean(model, encode_mean(model, images))
-    rows = [block for start in range(0, len(images), cols) for block in (images[start : start + cols], recon[start : start + cols])]
+    rows = [
+        block
+        for start in range(0, len(images), cols)
+        for block in (images[start : start + cols], recon[start : start + cols])
+    ]
     return save_grid(np.concatenate(rows), cols, path)
 
 

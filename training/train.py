@@ -41,7 +41,9 @@ def kl_weight(config: TrainConfig, progress_epochs: float) -> float:
     return config.beta * min(1.0, progress_epochs / config.kl_warmup_epochs)
 
 
-def training_loss(model: ConvVAE, x: torch.Tensor, config: TrainConfig, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def training_loss(
+    model: ConvVAE, x: torch.Tensor, config: TrainConfig, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss to minimise, per-example ELBO or IWAE bound for reporting), both averaged over the batch."""
     if config.objective == "iwae":
         bound = losses.iwae_bound(model.log_importance_weights(x, config.train_samples))
@@ -78,9 +80,10 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: ConvVAE) -> None:
-        ema_params = list(self.model.parameters())
+        ema_params: list[torch.Tensor] = list(self.model.parameters())
+        params: list[torch.Tensor] = list(model.parameters())
         torch._foreach_mul_(ema_params, self.decay)
-        torch._foreach_add_(ema_params, list(model.parameters()), alpha=1.0 - self.decay)
+        torch._foreach_add_(ema_params, params, alpha=1.0 - self.decay)
 
 
 def _prepare_images(data: DatasetSplits, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,8 +96,18 @@ def _prepare_images(data: DatasetSplits, config: TrainConfig) -> tuple[torch.Ten
     return train, valid.to(config.device)
 
 
-def train(config: TrainConfig, out_dir: Path, resume: bool = False, init_from: Path | None = None) -> Path:
-    """Train to `config.epochs`, writing `last.pt`, `best.pt` and `metrics.csv` to `out_dir`; returns best.pt."""
+def train(
+    config: TrainConfig,
+    out_dir: Path,
+    resume: bool = False,
+    init_from: Path | None = None,
+    stop_after_epoch: int | None = None,
+) -> Path:
+    """Train to `config.epochs`, writing `last.pt`, `best.pt` and `metrics.csv` to `out_dir`; returns best.pt.
+
+    `stop_after_epoch` ends this call early (the schedule still spans `config.epochs`), so a long run can be
+    split across sessions and continued with `resume=True`, bit for bit as if it had never stopped.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.csv"
     checkpoint: dict[str, Any] | None = None
@@ -133,7 +146,8 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, init_from: P
         start_epoch = checkpoint["epoch"] + 1
         print(f"resuming {last_path} at epoch {start_epoch}/{config.epochs}")
 
-    for epoch in range(start_epoch, config.epochs + 1):
+    last_epoch = min(config.epochs, stop_after_epoch or config.epochs)
+    for epoch in range(start_epoch, last_epoch + 1):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
@@ -161,7 +175,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, init_from: P
             "valid_elbo": valid["elbo"],
             "valid_recon": valid["recon"],
             "valid_kl": valid["kl"],
-            "lr": scheduler.get_last_lr()[0],
+            "lr": float(scheduler.get_last_lr()[0]),
             "seconds": time.perf_counter() - started,
         }
         history.append(row)
@@ -190,7 +204,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, init_from: P
             save_checkpoint(best_path, model, extra)
         write_metrics(metrics_path, history)
     (out_dir / "metrics.json").write_text(json.dumps(history, indent=1))
-    return best_path
+    return best_path if best_path.exists() else last_path
 
 
 def write_metrics(path: Path, history: list[dict[str, float]]) -> None:

@@ -88,7 +88,7 @@ def config_pbtxt(
     return text
 
 
-PYTHON_BACKEND_MODEL = '''"""Triton Python-backend model: runs the TorchScript file beside it (written by `python -m training export`).
+PYTHON_BACKEND_MODEL = '''"""Triton Python-backend model: runs the TorchScript file beside it, written by the exporter.
 
 For servers without the libtorch backend. Requests of one dynamic batch are concatenated, run in one
 forward pass, and split back, one response per request, in order.
@@ -98,8 +98,9 @@ import json
 import os
 import sys
 
-# The stub's embedded interpreter ignores PYTHONPATH; honour it so torch can come from a virtual environment.
-sys.path.extend(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path)
+# The stub's embedded interpreter ignores PYTHONPATH; honour it (ahead of the interpreter's own site-packages,
+# as PYTHONPATH normally is) so torch and a matching numpy come from the serving environment.
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -133,7 +134,7 @@ class TritonPythonModel:
         responses, offset = [], 0
         for size in sizes:
             tensors = [
-                pb_utils.Tensor(name, output[offset : offset + size].numpy())
+                pb_utils.Tensor(name, np.ascontiguousarray(output[offset : offset + size].numpy()))
                 for name, output in zip(self.output_names, outputs)
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))

@@ -1,0 +1,47 @@
+# Every habit is one word. `make run` and `make test` set up from scratch on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+RUN    ?= runs/mnist
+
+.PHONY: setup run train evaluate plots export test lint format clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[triton,dev]'
+	touch $@
+
+# The main job (until the service lands): reproduce the shipped MNIST model end to end.
+run: train evaluate plots export
+
+train: setup
+	PYTHON=$(PY) scripts/train_default_model.sh $(RUN)
+
+evaluate: setup
+	$(PY) -m training evaluate --checkpoint $(RUN)/iwae/best.pt --k $(or $(K),5000) --out $(RUN)/evaluation.json
+
+plots: setup
+	$(PY) -m training plots --checkpoint $(RUN)/iwae/best.pt --out $(RUN)/plots \
+	  --metrics $(RUN)/elbo/metrics.csv $(RUN)/iwae/metrics.csv
+
+export: setup
+	$(PY) -m training export --checkpoint $(RUN)/iwae/best.pt --repo deploy/model_repository --name mnist \
+	  --evaluation $(RUN)/evaluation.json
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy training
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.datasets import make_idx_dir
+from training.config import ModelConfig, TrainConfig
+from training.model import ConvVAE, load_checkpoint
+from training.train import train
+
+torch.set_num_threads(1)
+
+TINY_MODEL = ModelConfig(latent_dim=4, hidden_channels=4, hidden_units=16)
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_idx_dir(tmp_path_factory.mktemp("idx"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(idx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for 3 epochs on the generated IDX data: the run folder."""
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(
+        dataset="idx",
+        data_dir=str(idx_dir),
+        epochs=3,
+        batch_size=8,
+        model=TINY_MODEL,
+        threads=1,
+        learning_rate=3e-3,
+        ema_decay=0.5,
+    )
+    train(config, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained_run: Path) -> ConvVAE:
+    model, _ = load_checkpoint(trained_run / "best.pt")
+    return model
