@@ -74,3 +74,13 @@ def test_kl_warmup_ramps_linearly_to_beta() -> None:
     config = TrainConfig(beta=2.0, kl_warmup_epochs=4.0)
     assert [kl_weight(config, e) for e in (0.0, 1.0, 4.0, 9.0)] == [0.0, 0.5, 2.0, 2.0]
     assert kl_weight(TrainConfig(beta=0.5), 0.0) == 0.5
+
+
+def test_gaussian_likelihood_trains_and_learns_its_scale(idx_dir: Path, tmp_path: Path) -> None:
+    config = _config(idx_dir, epochs=2, batch_size=16, learning_rate=3e-3, ema_decay=0.5)
+    config.model = TINY_MODEL.__class__(**{**TINY_MODEL.to_dict(), "likelihood": "gaussian"})
+    model, checkpoint = load_checkpoint(train(config, tmp_path / "g"))
+    history = checkpoint["history"]
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"]
+    log_scale = model.decoder_log_scale()
+    assert log_scale is not None and float(log_scale[0]) != -2.0  # moved from its initial value

@@ -127,11 +127,27 @@ def _run_plots(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     if model.config.latent_dim == 2:
         written.append(plots.plot_manifold(model, out / "manifold.png"))
+    written.append(_attribute_picture(model, data, out / "attributes.png"))
     metrics = args.metrics or [p for p in [args.checkpoint.parent / "metrics.csv"] if p.exists()]
     if metrics:
         written.append(plots.plot_loss_curves(metrics, out / "loss_curves.png"))
     for path in written:
         print(path)
+
+
+def _attribute_picture(model, data, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """thickness and slant vectors (from 10k training images) applied to three test images."""
+    import torch
+
+    from training import plots
+    from training.attributes import compute_attributes
+    from training.data import fixed_binarization
+
+    images, labels = data.train.images[:10000], data.train.labels[:10000]
+    inputs = fixed_binarization(images) if model.config.likelihood == "bernoulli" else torch.from_numpy(images)
+    attributes = compute_attributes(model, images, inputs, labels, data.label_names)
+    vectors = {a.name: a.vector for a in attributes if a.name in ("thickness", "slant")}
+    return plots.plot_attribute_sweeps(model, data.test.images[[3, 2, 1]], vectors, path)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:

@@ -77,6 +77,21 @@ def plot_interpolations(model: ConvVAE, images: np.ndarray, path: Path, pairs: i
     return save_grid(decode_mean(model, np.concatenate(rows)), steps, path)
 
 
+def plot_attribute_sweeps(
+    model: ConvVAE,
+    images: np.ndarray,
+    vectors: dict[str, np.ndarray],
+    path: Path,
+    strengths: tuple[float, ...] = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0),
+) -> Path:
+    """Latent arithmetic: for each attribute and each image, a row decoding z + s * vector for each strength s
+    (the middle column, s = 0, is the plain reconstruction)."""
+    z = encode_mean(model, images)
+    rows = [z[i][None] + np.asarray(strengths, np.float32)[:, None] * vectors[name][None]
+            for name in vectors for i in range(len(z))]  # fmt: skip
+    return save_grid(decode_mean(model, np.concatenate(rows)), len(strengths), path)
+
+
 def plot_latent_map(model: ConvVAE, images: np.ndarray, labels: np.ndarray, label_names: list[str], path: Path) -> Path:
     """Posterior means coloured by label: the plane itself for a 2-D latent, else the top-2 PCA projection."""
     import matplotlib
