@@ -10,7 +10,7 @@ import torch
 from tests.conftest import TINY_MODEL
 from training.config import TrainConfig
 from training.model import ConvVAE, load_checkpoint
-from training.train import kl_weight, train
+from training.train import kl_weight, total_train_seconds, train
 
 
 def test_training_writes_metrics_and_improves(trained_run: Path) -> None:
@@ -62,7 +62,9 @@ def test_init_from_starts_from_given_weights(idx_dir: Path, trained_run: Path, t
     start, _ = load_checkpoint(trained_run / "best.pt")
     fresh = ConvVAE(TINY_MODEL)
     config = _config(idx_dir, epochs=1, learning_rate=1e-12, min_learning_rate=1e-12)
-    tuned, _ = load_checkpoint(train(config, tmp_path / "ft", init_from=trained_run / "best.pt"))
+    tuned, tuned_checkpoint = load_checkpoint(train(config, tmp_path / "ft", init_from=trained_run / "best.pt"))
+    _, start_checkpoint = load_checkpoint(trained_run / "best.pt")
+    assert total_train_seconds(tuned_checkpoint) > total_train_seconds(start_checkpoint) > 0
     parameters = zip(start.state_dict().items(), tuned.state_dict().values(), fresh.state_dict().values(), strict=True)
     for (name, p_start), p_tuned, p_fresh in parameters:
         assert torch.allclose(p_start, p_tuned, atol=1e-6), name

@@ -18,6 +18,7 @@ from training.attributes import compute_attributes
 from training.config import TrainConfig
 from training.data import fixed_binarization, load_dataset
 from training.model import ConvVAE
+from training.train import total_train_seconds
 from training.triton_repo import (
     METADATA_SUFFIX,
     MODEL_FILE,
@@ -106,7 +107,7 @@ def build_metadata(
         "training": {
             "config": checkpoint.get("train_config"),
             "epochs_completed": checkpoint.get("epoch"),
-            "train_seconds": round(sum(row["seconds"] for row in history), 1),
+            "train_seconds": round(total_train_seconds(checkpoint), 1),  # including runs it was tuned from
             "final_valid_elbo": history[-1]["valid_elbo"] if history else None,
             "init_from": checkpoint.get("init_from"),
         },

@@ -131,7 +131,9 @@ def plot_manifold(model: ConvVAE, path: Path, side: int = 15, extent: float = 2.
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
     with path.open() as f:
-        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+        return [
+            {key: float(value) for key, value in row.items() if value not in ("", None)} for row in csv.DictReader(f)
+        ]
 
 
 def plot_loss_curves(metric_files: list[Path], path: Path) -> Path:
@@ -149,6 +151,8 @@ def plot_loss_curves(metric_files: list[Path], path: Path) -> Path:
         label = metrics_path.parent.name
         ax.plot(epochs, [-row["train_elbo"] for row in rows], label=f"{label}: train bound (-)")
         ax.plot(epochs, [-row["valid_elbo"] for row in rows], label=f"{label}: valid ELBO (-)")
+        if rows and "valid_bound" in rows[0] and rows[0]["valid_bound"] != rows[0]["valid_elbo"]:
+            ax.plot(epochs, [-row["valid_bound"] for row in rows], label=f"{label}: valid IWAE bound (-)")
         offset = int(epochs[-1]) if epochs else offset
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image (lower is better)")
