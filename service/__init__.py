@@ -1,0 +1,1 @@
+"""The gRPC model-serving microservice for VAEs (see README.md)."""

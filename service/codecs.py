@@ -1,0 +1,135 @@
+"""Tensors and images between protobuf and numpy, with validation that names the field and the limit.
+
+Tensors travel as little-endian bytes; conversion is one `np.frombuffer` per message, never a per-item loop
+(PNG is the exception: one decode per file, which is the format's nature).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.errors import InvalidArgument
+from service.proto_gen.vae.v1 import vae_pb2
+
+FLOAT32 = np.dtype("<f4")
+UINT8 = np.dtype("u1")
+_DTYPES = {vae_pb2.ELEMENT_TYPE_FLOAT32: FLOAT32, vae_pb2.ELEMENT_TYPE_UINT8: UINT8}
+_ELEMENT_TYPES = {FLOAT32: vae_pb2.ELEMENT_TYPE_FLOAT32, UINT8: vae_pb2.ELEMENT_TYPE_UINT8}
+
+
+def tensor_to_array(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:
+    """A read-only view of the tensor's bytes with its declared shape and dtype, checked for consistency."""
+    dtype = _DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise InvalidArgument(f"{field}.dtype", "must be ELEMENT_TYPE_FLOAT32 or ELEMENT_TYPE_UINT8")
+    shape = tuple(int(d) for d in tensor.shape)
+    if not shape or any(d < 0 for d in shape):
+        raise InvalidArgument(f"{field}.shape", f"must be non-empty and non-negative, got {list(shape)}")
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise InvalidArgument(
+            f"{field}.data", f"has {len(tensor.data)} bytes; shape {list(shape)} of {dtype.name} needs {expected}"
+        )
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def array_to_tensor(array: np.ndarray) -> vae_pb2.Tensor:
+    dtype = UINT8 if array.dtype == np.uint8 else FLOAT32
+    data = np.ascontiguousarray(array, dtype=dtype)
+    return vae_pb2.Tensor(shape=data.shape, dtype=_ELEMENT_TYPES[dtype], data=data.tobytes())
+
+
+def _check_count(n: int, field: str, max_items: int) -> None:
+    if n < 1:
+        raise InvalidArgument(field, "must hold at least one item")
+    if n > max_items:
+        raise InvalidArgument(field, f"holds {n} items; the limit is {max_items} per request")
+
+
+def images_from_proto(
+    images: vae_pb2.Images, image_shape: tuple[int, int, int], max_items: int, field: str = "images"
+) -> np.ndarray:
+    """float32 [N, C, H, W] in [0, 1] from a tensor (float32 in [0, 1] or uint8) or from PNG files."""
+    kind = images.WhichOneof("encoding")
+    if kind is None:
+        raise InvalidArgument(field, "is required: set tensor or png")
+    if kind == "png":
+        return _images_from_png(images.png, image_shape, max_items, f"{field}.png.images")
+    array = tensor_to_array(images.tensor, f"{field}.tensor")
+    c, h, w = image_shape
+    if array.ndim == 3 and c == 1:
+        array = array[:, None]
+    if array.ndim != 4 or array.shape[1:] != (c, h, w):
+        raise InvalidArgument(f"{field}.tensor.shape", f"must be [N, {c}, {h}, {w}], got {list(array.shape)}")
+    _check_count(array.shape[0], f"{field}.tensor.shape[0]", max_items)
+    if array.dtype == UINT8:
+        return array.astype(np.float32) / np.float32(255.0)
+    if not np.isfinite(array).all():
+        raise InvalidArgument(f"{field}.tensor.data", "must be finite (found NaN or infinity)")
+    if array.min() < 0.0 or array.max() > 1.0:
+        raise InvalidArgument(f"{field}.tensor.data", "float32 pixels must lie in [0, 1]")
+    return array.astype(np.float32, copy=False)
+
+
+def _images_from_png(
+    png: vae_pb2.PngImages, image_shape: tuple[int, int, int], max_items: int, field: str
+) -> np.ndarray:
+    c, h, w = image_shape
+    _check_count(len(png.images), field, max_items)
+    mode = "L" if c == 1 else "RGB"
+    out = np.empty((len(png.images), c, h, w), dtype=np.float32)
+    for index, data in enumerate(png.images):
+        try:
+            with Image.open(io.BytesIO(data)) as picture:
+                if picture.format != "PNG":
+                    raise InvalidArgument(f"{field}[{index}]", f"must be PNG, got {picture.format}")
+                pixels = np.asarray(picture.convert(mode), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise InvalidArgument(f"{field}[{index}]", f"is not a readable PNG file ({exc})") from exc
+        if pixels.shape[:2] != (h, w):
+            raise InvalidArgument(
+                f"{field}[{index}]", f"is {pixels.shape[1]}x{pixels.shape[0]}; the model takes {w}x{h}"
+            )
+        out[index] = (pixels.reshape(h, w, c).transpose(2, 0, 1)).astype(np.float32) / 255.0
+    return out
+
+
+def latents_from_proto(tensor: vae_pb2.Tensor, latent_dim: int, max_items: int, field: str) -> np.ndarray:
+    """float32 [N, latent_dim]; a single latent may also come as [latent_dim]."""
+    if not tensor.shape and not tensor.data:
+        raise InvalidArgument(field, "is required")
+    array = tensor_to_array(tensor, field)
+    if array.dtype != FLOAT32:
+        raise InvalidArgument(f"{field}.dtype", "latents must be ELEMENT_TYPE_FLOAT32")
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] != latent_dim:
+        raise InvalidArgument(f"{field}.shape", f"must be [N, {latent_dim}], got {list(tensor.shape)}")
+    _check_count(array.shape[0], f"{field}.shape[0]", max_items)
+    if not np.isfinite(array).all():
+        raise InvalidArgument(f"{field}.data", "must be finite (found NaN or infinity)")
+    return array
+
+
+def images_to_proto(images: np.ndarray, image_format: int) -> vae_pb2.Images:
+    """float32 [N, C, H, W] in [0, 1] -> the requested encoding."""
+    if image_format in (vae_pb2.IMAGE_FORMAT_UNSPECIFIED, vae_pb2.IMAGE_FORMAT_FLOAT32):
+        return vae_pb2.Images(tensor=array_to_tensor(images.astype(np.float32, copy=False)))
+    as_bytes = (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if image_format == vae_pb2.IMAGE_FORMAT_UINT8:
+        return vae_pb2.Images(tensor=array_to_tensor(as_bytes))
+    if image_format == vae_pb2.IMAGE_FORMAT_PNG:
+        return vae_pb2.Images(png=vae_pb2.PngImages(images=[encode_png(image) for image in as_bytes]))
+    raise InvalidArgument("output.format", f"unknown image format {image_format}")
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [C, H, W] -> PNG bytes."""
+    c = image.shape[0]
+    pixels = image[0] if c == 1 else image.transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L" if c == 1 else "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
