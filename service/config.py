@@ -1,0 +1,67 @@
+"""Settings: defaults < `VAE_*` environment variables < command-line flags. Every field is documented."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "deploy" / "model_repository"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"  # interface the gRPC server binds
+    port: int = 50051  # gRPC port (0 picks a free one)
+    metrics_port: int = 8000  # Prometheus /metrics HTTP port (0 picks a free one, -1 disables)
+    model_repository: Path = DEFAULT_REPOSITORY  # folder with <name>.vae.json files and their networks
+    default_model: str = ""  # model used when a request names none (empty: the first by name)
+    backend: str = "local"  # local (in-process TorchScript) or triton
+    triton_url: str = "localhost:8001"  # Triton gRPC address, for --backend triton
+    triton_timeout_s: float = 30.0  # per Triton call
+    device: str = "cpu"  # torch device of the local backend: cpu, cuda, cuda:1
+    torch_threads: int = 0  # torch intra-op threads of the local backend (0: torch's default)
+    max_batch_size: int = 64  # rows per backend call, merged across requests
+    max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_queue: int = 1024  # requests waiting per model and network before RESOURCE_EXHAUSTED
+    max_items: int = 4096  # images or latents in one request
+    max_message_mb: int = 64  # gRPC send/receive message limit
+    default_score_samples: int = 100  # importance samples of Score when the request says 0
+    max_score_samples: int = 5000  # most importance samples per image in Score
+    max_score_rows: int = 65536  # images x samples in one Score request
+    stream_chunk: int = 256  # images per SampleStream message when the request says 0
+    shutdown_grace_s: float = 10.0  # on SIGTERM, time given to in-flight requests
+    log_level: str = "INFO"
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
+
+
+def _convert(value: str, like: Any) -> Any:
+    if isinstance(like, Path):
+        return Path(value)
+    return type(like)(value)
+
+
+def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    environ = dict(os.environ if environ is None else environ)
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        env_name = f"VAE_{f.name.upper()}"
+        if env_name in environ:
+            values[f.name] = _convert(environ[env_name], getattr(defaults, f.name))
+    parser = argparse.ArgumentParser(prog="python -m service", description="Serve VAEs over gRPC.")
+    for f in fields(Settings):
+        default = values.get(f.name, getattr(defaults, f.name))
+        kind = Path if isinstance(default, Path) else type(default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default,
+                            help=f"env VAE_{f.name.upper()} (default: %(default)s)")  # fmt: skip
+    args = parser.parse_args(argv)
+    settings = Settings(**vars(args))
+    if settings.backend not in ("local", "triton"):
+        parser.error(f"--backend must be local or triton, got {settings.backend!r}")
+    return settings

@@ -1,0 +1,106 @@
+"""Prometheus metrics, defined once against a registry the caller owns (tests make a fresh one).
+
+Names and labels are documented in README.md; dashboards and alerts depend on them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.backends.base import Backend
+from service.batching import BatchObserver
+from service.repository import ModelSpec
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServiceMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter("vae_requests", "RPCs answered, by method and gRPC status code",
+                                ["method", "code"], registry=registry)  # fmt: skip
+        self.latency = Histogram("vae_request_duration_seconds", "RPC latency, by method", ["method"],
+                                 buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+        self.in_flight = Gauge("vae_requests_in_flight", "RPCs being served", ["method"], registry=registry)
+        self.items = Counter("vae_items_processed", "images or latents produced or consumed, by method",
+                             ["method"], registry=registry)  # fmt: skip
+        self.batch_size = Histogram("vae_batch_size", "rows per backend call after dynamic batching",
+                                    ["model", "network"], buckets=BATCH_BUCKETS, registry=registry)  # fmt: skip
+        self.batch_requests = Histogram("vae_batch_requests", "requests merged into one backend call",
+                                        ["model", "network"], buckets=BATCH_BUCKETS, registry=registry)  # fmt: skip
+        self.queue_depth = Gauge("vae_queue_depth", "requests waiting for a batch", ["model", "network"],
+                                 registry=registry)  # fmt: skip
+        self.queue_wait = Histogram("vae_queue_wait_seconds", "time from arrival to batch start",
+                                    ["model", "network"], buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+        self.backend_latency = Histogram("vae_backend_duration_seconds", "backend call latency", ["backend", "network"],
+                                         buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+        self.backend_errors = Counter("vae_backend_errors", "failed backend calls", ["backend", "network"],
+                                      registry=registry)  # fmt: skip
+        self.backend_up = Gauge("vae_backend_up", "1 when the backend is ready", ["backend"], registry=registry)
+        info_labels = ["model", "latent_dim", "likelihood", "dataset", "backend"]
+        self.model_info = Gauge("vae_model_info", "served models (value 1)", info_labels, registry=registry)
+
+    def observer(self, model: str, network: str) -> BatchObserver:
+        return _Observer(self, model, network)
+
+    def describe_models(self, models: dict[str, ModelSpec], backend: str) -> None:
+        for m in models.values():
+            self.model_info.labels(m.name, str(m.latent_dim), m.likelihood, m.dataset, backend).set(1)
+
+
+class _Observer(BatchObserver):
+    def __init__(self, metrics: ServiceMetrics, model: str, network: str) -> None:
+        self._depth = metrics.queue_depth.labels(model, network)
+        self._size = metrics.batch_size.labels(model, network)
+        self._requests = metrics.batch_requests.labels(model, network)
+        self._wait = metrics.queue_wait.labels(model, network)
+
+    def queue_depth(self, depth: int) -> None:
+        self._depth.set(depth)
+
+    def batch(self, rows: int, requests: int) -> None:
+        self._size.observe(rows)
+        self._requests.observe(requests)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._wait.observe(seconds)
+
+
+class InstrumentedBackend:
+    """Wraps a backend to time its calls and count its failures; behaviour is unchanged."""
+
+    def __init__(self, inner: Backend, metrics: ServiceMetrics) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._metrics = metrics
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    def ready(self) -> bool:
+        up = self.inner.ready()
+        self._metrics.backend_up.labels(self.name).set(1 if up else 0)
+        return up
+
+    async def _timed(self, network: str, call, model: ModelSpec, array: np.ndarray):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        try:
+            return await call(model, array)
+        except Exception:
+            self._metrics.backend_errors.labels(self.name, network).inc()
+            raise
+        finally:
+            self._metrics.backend_latency.labels(self.name, network).observe(time.perf_counter() - started)
+
+    async def encode(self, model: ModelSpec, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return await self._timed("encoder", self.inner.encode, model, images)  # type: ignore[no-any-return]
+
+    async def decode(self, model: ModelSpec, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return await self._timed("decoder", self.inner.decode, model, latents)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,124 @@
+"""Assembles and runs the server: settings -> repository -> backend -> operations -> servicer, plus the standard
+health service, reflection, the Prometheus endpoint and graceful shutdown on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from service.api import VaeServicer, instrument
+from service.backends.base import Backend
+from service.config import Settings
+from service.metrics import InstrumentedBackend, ServiceMetrics
+from service.operations import BatchingLimits, VaeOperations
+from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
+from service.repository import ModelSpec, load_repository
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
+HEALTH_POLL_S = 0.5
+
+
+def make_backend(settings: Settings, models: dict[str, ModelSpec]) -> Backend:
+    if settings.backend == "triton":
+        from service.backends.triton import TritonBackend
+
+        return TritonBackend(models, settings.triton_url, settings.triton_timeout_s)
+    from service.backends.local import LocalBackend
+
+    return LocalBackend(models, settings.device, settings.torch_threads)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int | None
+    operations: VaeOperations
+    health: health.aio.HealthServicer
+    metrics: ServiceMetrics
+    _metrics_http: WSGIServer | None
+    _health_task: asyncio.Task[None]
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting RPCs, let in-flight ones finish within the grace period, then release everything."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        self._health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._health_task
+        await self.operations.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+
+
+async def _track_health(backend: Backend, servicer: health.aio.HealthServicer) -> None:
+    """NOT_SERVING until the backend is ready and whenever it is down; checked every HEALTH_POLL_S."""
+    last = None
+    while True:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if backend.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if status != last:
+            for name in ("", SERVICE_NAME):
+                await servicer.set(name, status)
+            log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+            last = status
+        await asyncio.sleep(HEALTH_POLL_S)
+
+
+async def start_server(settings: Settings, registry: CollectorRegistry | None = None) -> RunningServer:
+    """Build and start everything; returns once the gRPC port is bound (health may still be NOT_SERVING)."""
+    models = load_repository(settings.model_repository)
+    if settings.default_model and settings.default_model not in models:
+        raise ValueError(f"default model {settings.default_model!r} is not in {settings.model_repository}")
+    metrics = ServiceMetrics(registry or CollectorRegistry())
+    backend = InstrumentedBackend(make_backend(settings, models), metrics)
+    limits = BatchingLimits(settings.max_batch_size, settings.max_wait_s, settings.max_queue)
+    operations = VaeOperations(models, backend, limits, metrics.observer)
+    metrics.describe_models(models, settings.backend)
+
+    message_limit = settings.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", message_limit),
+                                      ("grpc.max_receive_message_length", message_limit)])  # fmt: skip
+    vae_pb2_grpc.add_VaeServiceServicer_to_server(instrument(VaeServicer(operations, settings, metrics)), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+
+    await operations.start()
+    health_task = asyncio.get_running_loop().create_task(_track_health(backend, health_servicer))
+    metrics_http, metrics_port = None, None
+    if settings.metrics_port >= 0:
+        metrics_http, _ = start_http_server(settings.metrics_port, registry=metrics.registry)
+        metrics_port = metrics_http.server_port
+    await server.start()
+    log.info("serving %s on port %d (backend %s, metrics port %s)", ", ".join(models), port, settings.backend,
+             metrics_port)  # fmt: skip
+    return RunningServer(server, port, metrics_port, operations, health_servicer, metrics, metrics_http, health_task)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: finishing in-flight requests (grace %.1fs)", settings.shutdown_grace_s)
+    await running.stop(settings.shutdown_grace_s)
