@@ -42,3 +42,16 @@ def trained_run(idx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def trained_model(trained_run: Path) -> ConvVAE:
     model, _ = load_checkpoint(trained_run / "best.pt")
     return model
+
+
+@pytest.fixture(scope="session")
+def model_repository(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported twice, as "tiny" and "tiny2": a repository serving two models side by side."""
+    from training.export import export_repository
+
+    model, checkpoint = load_checkpoint(trained_run / "best.pt")
+    repo = tmp_path_factory.mktemp("model_repository")
+    evaluation = {"test_nll": 321.5, "importance_samples": 50}
+    for name in ("tiny", "tiny2"):
+        export_repository(model, checkpoint, repo, name, max_batch_size=64, evaluation=evaluation)
+    return repo
