@@ -4,9 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/mnist
 
-.PHONY: setup run train evaluate plots export test lint format clean
+.PHONY: setup run serve train evaluate plots export test lint format generate bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed .tools/node_modules/.bin/buf
+
+# buf (proto lint and breaking-change checks) comes from the npm registry.
+.tools/node_modules/.bin/buf:
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +41,18 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy training
+	$(VENV)/bin/mypy training service
+	cd proto && ../.tools/node_modules/.bin/buf lint
+
+generate: setup
+	$(PY) scripts/generate_proto.py
+
+bench: setup
+	$(PY) benchmarks/decoder_throughput.py
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .mypy_cache

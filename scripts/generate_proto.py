@@ -54,8 +54,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "proto_gen"
         generate(fresh)
-        stale = [str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file() and
-                 (not (TARGET / p.relative_to(fresh)).exists() or not filecmp.cmp(p, TARGET / p.relative_to(fresh), shallow=False))]  # fmt: skip
+        stale = []
+        for path in (p for p in fresh.rglob("*") if p.is_file()):
+            committed = TARGET / path.relative_to(fresh)
+            if not committed.exists() or not filecmp.cmp(path, committed, shallow=False):
+                stale.append(str(path.relative_to(fresh)))
     if stale:
         print(f"stale generated code: {', '.join(stale)}; run `make generate`", file=sys.stderr)
         return 1

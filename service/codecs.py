@@ -7,6 +7,7 @@ Tensors travel as little-endian bytes; conversion is one `np.frombuffer` per mes
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -16,8 +17,8 @@ from service.proto_gen.vae.v1 import vae_pb2
 
 FLOAT32 = np.dtype("<f4")
 UINT8 = np.dtype("u1")
-_DTYPES = {vae_pb2.ELEMENT_TYPE_FLOAT32: FLOAT32, vae_pb2.ELEMENT_TYPE_UINT8: UINT8}
-_ELEMENT_TYPES = {FLOAT32: vae_pb2.ELEMENT_TYPE_FLOAT32, UINT8: vae_pb2.ELEMENT_TYPE_UINT8}
+_DTYPES: dict[int, np.dtype] = {vae_pb2.ELEMENT_TYPE_FLOAT32: FLOAT32, vae_pb2.ELEMENT_TYPE_UINT8: UINT8}
+_ELEMENT_TYPES: dict[np.dtype, Any] = {FLOAT32: vae_pb2.ELEMENT_TYPE_FLOAT32, UINT8: vae_pb2.ELEMENT_TYPE_UINT8}
 
 
 def tensor_to_array(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:
