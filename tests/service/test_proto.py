@@ -11,7 +11,9 @@ BUF = ROOT / ".tools" / "node_modules" / ".bin" / "buf"
 
 
 def test_generated_code_is_not_stale() -> None:
-    result = subprocess.run([sys.executable, "scripts/generate_proto.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "scripts/generate_proto.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
