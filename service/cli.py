@@ -1,0 +1,111 @@
+"""Command line for people: `python -m service.cli [--target HOST:PORT] COMMAND ...`.
+
+models                                   list served models
+sample --n 64 --out grid.png             a grid of samples from the prior
+interpolate a.png b.png --out row.png    a row from one image to another
+reconstruct a.png b.png --out r.png      inputs above their reconstructions
+arithmetic 1:a.png -1:b.png 1.5:thickness --out x.png
+score a.png b.png                        ELBO and log p(x) per image (nats)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from service.client import VaeClient
+
+
+def read_png(path: Path, channels: int) -> np.ndarray:
+    with Image.open(path) as picture:
+        pixels = np.asarray(picture.convert("L" if channels == 1 else "RGB"), np.float32) / 255.0
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def save_grid(images: np.ndarray, cols: int, path: Path) -> None:
+    from training.plots import save_grid as save
+
+    save(images, cols, path)
+    print(f"wrote {path}")
+
+
+def _value(text: str, channels: int) -> np.ndarray | str:
+    return read_png(Path(text), channels) if text.lower().endswith(".png") else text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--target", default="localhost:50051")
+    parser.add_argument("--model", default="", help="model name (default: the server's default)")
+    parser.add_argument("--seed", type=int)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models")
+    p = sub.add_parser("sample")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--out", type=Path, default=Path("samples.png"))
+    p = sub.add_parser("interpolate")
+    p.add_argument("start", type=Path)
+    p.add_argument("end", type=Path)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--linear", action="store_true", help="linear instead of spherical")
+    p.add_argument("--out", type=Path, default=Path("interpolation.png"))
+    p = sub.add_parser("reconstruct")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=Path("reconstructions.png"))
+    p = sub.add_parser("arithmetic", help="terms WEIGHT:IMAGE.png or WEIGHT:ATTRIBUTE")
+    p.add_argument("terms", nargs="+")
+    p.add_argument("--out", type=Path, default=Path("arithmetic.png"))
+    p = sub.add_parser("score")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--samples", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    try:
+        with VaeClient(args.target, args.model) as vae:
+            if args.command == "models":
+                for m in vae.list_models():
+                    nll = f"{m.test_nll:.2f} nats (k={m.test_nll_samples})" if m.test_nll else "unknown"
+                    print(
+                        f"{m.name}: latent {m.latent_dim}, image {list(m.image_shape)}, {m.likelihood}, "
+                        f"dataset {m.dataset}, test NLL {nll}, attributes {', '.join(m.attribute_names)}"
+                    )
+                return 0
+            channels = vae.info().image_shape[0]
+            if args.command == "sample":
+                result = vae.sample(args.n, args.temperature, seed=args.seed)
+                print(f"seed {result.seed}")
+                save_grid(result.images, int(np.ceil(np.sqrt(args.n))), args.out)
+            elif args.command == "interpolate":
+                start, end = read_png(args.start, channels), read_png(args.end, channels)
+                result = vae.interpolate(start, end, args.steps, spherical=not args.linear, seed=args.seed)
+                save_grid(result.images, args.steps, args.out)
+            elif args.command == "reconstruct":
+                inputs = np.stack([read_png(p, channels) for p in args.images])
+                result = vae.reconstruct(inputs, seed=args.seed)
+                save_grid(np.concatenate([inputs, result.images]), len(inputs), args.out)
+            elif args.command == "arithmetic":
+                terms = []
+                for term in args.terms:
+                    weight, _, value = term.partition(":")
+                    terms.append((float(weight), _value(value, channels)))
+                save_grid(vae.arithmetic(terms, seed=args.seed).images, 1, args.out)
+            elif args.command == "score":
+                inputs = np.stack([read_png(p, channels) for p in args.images])
+                print(f"{'image':30} {'elbo':>10} {'recon':>10} {'kl':>8} {'log p(x)':>10}")
+                for path, s in zip(args.images, vae.score(inputs, args.samples, args.seed), strict=True):
+                    print(f"{path!s:30} {s.elbo:10.2f} {s.reconstruction:10.2f} {s.kl:8.2f} {s.log_likelihood:10.2f}")
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
