@@ -71,17 +71,30 @@ class DynamicBatcher:
         for entry in self._drain():
             _resolve(entry, error=Unavailable("the server is shutting down"))
 
-    async def submit(self, rows: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, ...]:
-        """Run `rows` (at most max_batch_size of them) in some batch; returns this request's result rows."""
+    def admit(self) -> None:
+        """Admission control for a new request: refuse at once when the queue is full."""
+        if self._queue.full():
+            raise QueueFull(f"request queue is full ({self._queue.maxsize} waiting); retry later")
+
+    async def submit(
+        self, rows: np.ndarray, deadline: float | None = None, wait_for_room: bool = False
+    ) -> tuple[np.ndarray, ...]:
+        """Run `rows` (at most max_batch_size of them) in some batch; returns this request's result rows.
+
+        A full queue refuses the rows (QueueFull), unless `wait_for_room`: the later chunks of an admitted
+        request wait for room instead, so a large request is never refused halfway through.
+        """
         if not 1 <= len(rows) <= self.max_batch_size:
             raise ValueError(f"submit between 1 and {self.max_batch_size} rows, got {len(rows)}")
         if self._worker is None:
             raise Unavailable("batcher is not running")
         entry = _Entry(rows, asyncio.get_running_loop().create_future(), deadline)
-        try:
+        if wait_for_room:
+            await self._queue.put(entry)
+            entry.enqueued = time.monotonic()
+        else:
+            self.admit()
             self._queue.put_nowait(entry)
-        except asyncio.QueueFull:
-            raise QueueFull(f"request queue is full ({self._queue.maxsize} waiting); retry later") from None
         self._observer.queue_depth(self._queue.qsize())
         try:
             return await asyncio.shield(entry.future)

@@ -96,7 +96,10 @@ class VaeOperations:
         batcher = self._batchers[(model.name, network)]
         size = self.limits.max_batch_size
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
-        results = await asyncio.gather(*(batcher.submit(c, deadline) for c in chunks))
+        if len(chunks) == 1:
+            return await batcher.submit(chunks[0], deadline)
+        batcher.admit()  # refuse a new request when full; once admitted, its chunks wait for room
+        results = await asyncio.gather(*(batcher.submit(c, deadline, wait_for_room=True) for c in chunks))
         if len(results) == 1:
             return results[0]
         return tuple(np.concatenate(parts) for parts in zip(*results, strict=True))

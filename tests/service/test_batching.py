@@ -186,3 +186,27 @@ def test_close_answers_everything_still_queued() -> None:
         assert all(isinstance(r, ServiceError) and "shutting down" in str(r) for r in results)
 
     run(scenario())
+
+
+def test_admitted_request_chunks_wait_for_room_instead_of_failing() -> None:
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        recorder = Recorder(gate=gate)
+        batcher = DynamicBatcher(recorder, max_batch_size=1, max_wait_s=0.0, max_queue=1)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(np.zeros((1, 1), np.float32)))
+        while not recorder.batches:
+            await asyncio.sleep(0)
+        chunks = [
+            asyncio.ensure_future(batcher.submit(np.full((1, 1), i, np.float32), wait_for_room=True))
+            for i in range(1, 4)
+        ]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            batcher.admit()  # a new request is refused while the queue is full...
+        gate.set()  # ...but the admitted one's chunks all complete, in order
+        results = await asyncio.gather(running, *chunks)
+        await batcher.close()
+        assert [float(r[0][0, 0]) for r in results] == [0.0, 2.0, 4.0, 6.0]
+
+    run(scenario())
