@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/mnist
 
-.PHONY: setup run serve train evaluate plots export test lint format generate bench clean
+.PHONY: setup run model train evaluate plots export test lint format generate bench clean
 
 setup: $(VENV)/.installed .tools/node_modules/.bin/buf
 
@@ -18,8 +18,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[triton,dev]'
 	touch $@
 
-# The main job (until the service lands): reproduce the shipped MNIST model end to end.
-run: train evaluate plots export
+# The main job: serve the shipped default model over gRPC (embedded TorchScript backend).
+run: setup
+	$(PY) -m service
+
+# Reproduce the shipped MNIST model end to end (hours on 2 CPU cores).
+model: train evaluate plots export
 
 train: setup
 	PYTHON=$(PY) scripts/train_default_model.sh $(RUN)

@@ -8,5 +8,5 @@ threads=${2:-2}
 py=${PYTHON:-python}
 $py -m training train --dataset mnist --out "$run/elbo" --epochs 100 --objective elbo \
   --kl-warmup-epochs 10 --lr 1e-3 --min-lr 1e-4 --latent-dim 32 --threads "$threads" --seed 0 --resume
-$py -m training train --dataset mnist --out "$run/iwae" --epochs 60 --objective iwae --train-samples 5 \
+$py -m training train --dataset mnist --out "$run/iwae" --epochs 40 --objective iwae --train-samples 5 \
   --lr 3e-4 --min-lr 1e-5 --latent-dim 32 --threads "$threads" --seed 1 --resume --init-from "$run/elbo/best.pt"
