@@ -46,6 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models")
+    sub.add_parser("info")
+    p = sub.add_parser("encode")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=Path("latents.npy"))
+    p = sub.add_parser("decode")
+    p.add_argument("latents", type=Path, help=".npy file of shape [N, latent_dim]")
+    p.add_argument("--out", type=Path, default=Path("decoded.png"))
+    p = sub.add_parser("stream")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--chunk", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--out-dir", type=Path, default=Path("samples"))
     p = sub.add_parser("sample")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -77,8 +89,29 @@ def main(argv: list[str] | None = None) -> int:
                         f"dataset {m.dataset}, test NLL {nll}, attributes {', '.join(m.attribute_names)}"
                     )
                 return 0
-            channels = vae.info().image_shape[0]
-            if args.command == "sample":
+            info = vae.info()
+            channels = info.image_shape[0]
+            if args.command == "info":
+                print(info)
+            elif args.command == "encode":
+                inputs = np.stack([read_png(p, channels) for p in args.images])
+                posterior = vae.encode(inputs)
+                np.save(args.out, posterior.mean)
+                np.save(args.out.with_suffix(".logvar.npy"), posterior.log_variance)
+                print(f"wrote {args.out} {list(posterior.mean.shape)}")
+            elif args.command == "decode":
+                latents = np.load(args.latents).astype(np.float32)
+                save_grid(vae.decode(latents, seed=args.seed), int(np.ceil(np.sqrt(len(latents)))), args.out)
+            elif args.command == "stream":
+                args.out_dir.mkdir(parents=True, exist_ok=True)
+                done = 0
+                for index, chunk in enumerate(vae.sample_stream(args.n, args.chunk, args.temperature, args.seed)):
+                    np.save(args.out_dir / f"images_{index:05d}.npy", chunk.images)
+                    np.save(args.out_dir / f"latents_{index:05d}.npy", chunk.latents)
+                    done += len(chunk.images)
+                    print(f"\r{done}/{args.n} images (seed {chunk.seed})", end="", file=sys.stderr, flush=True)
+                print(file=sys.stderr)
+            elif args.command == "sample":
                 result = vae.sample(args.n, args.temperature, seed=args.seed)
                 print(f"seed {result.seed}")
                 save_grid(result.images, int(np.ceil(np.sqrt(args.n))), args.out)

@@ -86,7 +86,19 @@ def test_cli_commands_write_pictures_and_tables(
     )
     for name in ("row.png", "rec.png", "a.png"):
         assert (tmp_path / name).stat().st_size > 100
-    capsys.readouterr()
+    assert cli([*target, "encode", *map(str, pngs), "--out", str(tmp_path / "z.npy")]) == 0
+    assert np.load(tmp_path / "z.npy").shape == (3, 4) and np.load(tmp_path / "z.logvar.npy").shape == (3, 4)
+    assert cli([*target, "decode", str(tmp_path / "z.npy"), "--out", str(tmp_path / "d.png")]) == 0
+    assert (
+        cli([*target, "--seed", "2", "stream", "--n", "10", "--chunk", "4", "--out-dir", str(tmp_path / "bulk")]) == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "bulk").glob("images_*.npy")) == [
+        "images_00000.npy",
+        "images_00001.npy",
+        "images_00002.npy",
+    ]
+    assert cli([*target, "--model", "tiny2", "info"]) == 0
+    assert 'name: "tiny2"' in capsys.readouterr().out
     assert cli([*target, "score", *map(str, pngs), "--samples", "10"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 4
 
