@@ -7,6 +7,7 @@ gRPC statuses through `errors.status_for`, the single mapping table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -279,32 +280,38 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         )
 
 
-async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> grpc.StatusCode:
+async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
     """Abort the RPC with the status the error maps to; unexpected errors are logged with their traceback."""
     code, message = status_for(exc)
     if not isinstance(exc, ServiceError):
         log.exception("%s failed", method)
-    await context.abort(code, message)
-    return code  # not reached: abort raises
+    await context.abort(code, message)  # raises: the RPC ends here
+
+
+@contextlib.asynccontextmanager
+async def _observed(method: str, metrics: ServiceMetrics, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Around one RPC: in-flight gauge, latency, the request counter by status code, errors -> statuses."""
+    started, code = time.perf_counter(), grpc.StatusCode.OK
+    metrics.in_flight.labels(method).inc()
+    try:
+        yield
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as exc:
+        code = status_for(exc)[0]
+        await _fail(context, method, exc)
+    finally:
+        metrics.in_flight.labels(method).dec()
+        metrics.requests.labels(method, code.name).inc()
+        metrics.latency.labels(method).observe(time.perf_counter() - started)
 
 
 def _unary(method: str, handler: Callable[..., Any], metrics: ServiceMetrics) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
-        metrics.in_flight.labels(method).inc()
-        try:
+        async with _observed(method, metrics, context):
             return await handler(request, context)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = status_for(exc)[0]
-            await _fail(context, method, exc)
-        finally:
-            metrics.in_flight.labels(method).dec()
-            metrics.requests.labels(method, code.name).inc()
-            metrics.latency.labels(method).observe(time.perf_counter() - started)
 
     return wrapper
 
@@ -312,21 +319,9 @@ def _unary(method: str, handler: Callable[..., Any], metrics: ServiceMetrics) ->
 def _streaming(method: str, handler: Callable[..., AsyncIterator[Any]], metrics: ServiceMetrics) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
-        metrics.in_flight.labels(method).inc()
-        try:
+        async with _observed(method, metrics, context):
             async for message in handler(request, context):
                 yield message
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = status_for(exc)[0]
-            await _fail(context, method, exc)
-        finally:
-            metrics.in_flight.labels(method).dec()
-            metrics.requests.labels(method, code.name).inc()
-            metrics.latency.labels(method).observe(time.perf_counter() - started)
 
     return wrapper
 
