@@ -62,6 +62,8 @@ def iwae_log_likelihood(
             log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, dim=0))
         results.append(log_sum - math.log(samples))
         bar.update(len(x))
+        if len(results) % 20 == 0:  # the running estimate, so a long run shows where it is heading
+            bar.set_postfix(nll=f"{-float(torch.cat(results).mean()):.2f}", refresh=False)
     bar.close()
     return torch.cat(results)
 
