@@ -4,9 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/mnist
 
-.PHONY: setup run model train evaluate plots export test lint format generate bench clean
+.PHONY: setup system-deps run monitor model train evaluate plots export test lint format generate bench clean
 
-setup: $(VENV)/.installed .tools/node_modules/.bin/buf
+setup: $(VENV)/.installed .tools/node_modules/.bin/buf system-deps
+
+# Debian's prometheus package: a real Prometheus and promtool for the deploy/ tests and `make monitor`.
+system-deps:
+	scripts/install_system_deps.sh
 
 # buf (proto lint and breaking-change checks) comes from the npm registry.
 .tools/node_modules/.bin/buf:
@@ -15,12 +19,17 @@ setup: $(VENV)/.installed .tools/node_modules/.bin/buf
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[triton,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[triton,train,triton-server,dev]'
 	touch $@
 
 # The main job: serve the shipped default model over gRPC (embedded TorchScript backend).
 run: setup
 	$(PY) -m service
+
+# Watch it here: the service under a little load, a real Prometheus scraping it (TRITON=1 adds a real
+# tritonserver and serves through it), the URLs to open, and docs/images/dashboard.png drawn from the dashboard.
+monitor: setup
+	$(PY) scripts/monitor.py $(if $(TRITON),--triton)
 
 # Reproduce the shipped MNIST model end to end (hours on 2 CPU cores).
 model: train evaluate plots export
