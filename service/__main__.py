@@ -7,8 +7,8 @@ import logging
 import sys
 
 from service.config import load_settings
-from service.repository import RepositoryError
 from service.server import serve
+from vaecore.repository import RepositoryError
 
 
 def main(argv: list[str] | None = None) -> int:

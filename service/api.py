@@ -25,7 +25,7 @@ from service.errors import InvalidArgument, ServiceError, status_for
 from service.metrics import ServiceMetrics
 from service.operations import VaeOperations
 from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
-from service.repository import ModelSpec
+from vaecore.repository import ModelSpec
 
 log = logging.getLogger(__name__)
 MAX_TEMPERATURE = 10.0

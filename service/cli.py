@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from service.client import VaeClient
+from vaecore.images import save_grid as save
 
 
 def read_png(path: Path, channels: int) -> np.ndarray:
@@ -28,8 +29,6 @@ def read_png(path: Path, channels: int) -> np.ndarray:
 
 
 def save_grid(images: np.ndarray, cols: int, path: Path) -> None:
-    from training.plots import save_grid as save
-
     save(images, cols, path)
     print(f"wrote {path}")
 

@@ -1,13 +1,13 @@
 """Pure latent-space math for the service: interpolation paths, weighted sums, prior draws, noise.
 
-numpy only, no model, no grpc. Interpolation lives in `training.latent` (the plots use it too).
+numpy only, no model, no grpc. Interpolation lives in `vaecore.latent` (the training plots use it too).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from training.latent import lerp, slerp
+from vaecore.latent import lerp, slerp
 
 __all__ = ["interpolate", "lerp", "prior_latents", "slerp", "weighted_sum"]
 

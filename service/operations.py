@@ -18,7 +18,7 @@ from service.backends.base import Backend
 from service.batching import BatchObserver, DynamicBatcher
 from service.errors import InvalidArgument, NotFound
 from service.latent import interpolate, prior_latents, weighted_sum
-from service.repository import ModelSpec
+from vaecore.repository import ModelSpec
 
 LOG_2PI = math.log(2.0 * math.pi)
 

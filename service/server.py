@@ -22,7 +22,7 @@ from service.config import Settings
 from service.metrics import InstrumentedBackend, ServiceMetrics
 from service.operations import BatchingLimits, VaeOperations
 from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
-from service.repository import ModelSpec, load_repository
+from vaecore.repository import ModelSpec, load_repository
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name

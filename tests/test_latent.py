@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.latent import lerp, slerp
+from vaecore.latent import lerp, slerp
 
 
 def test_lerp_endpoints_and_midpoint() -> None:

@@ -8,12 +8,13 @@ from PIL import Image
 from tests.datasets import stroke_images
 from training import plots
 from training.model import ConvVAE
+from vaecore.images import tile
 
 
 def test_tile_places_images_on_a_padded_canvas() -> None:
     images = np.zeros((5, 1, 4, 4), np.float32)
     images[3] = 1.0
-    canvas = plots.tile(images, cols=3, pad=1, pad_value=0.5)
+    canvas = tile(images, cols=3, pad=1, pad_value=0.5)
     assert canvas.shape == (2 * 5 + 1, 3 * 5 + 1, 1)
     assert canvas[6:10, 1:5].min() == 255 and canvas[1:5, 1:5].max() == 0
 

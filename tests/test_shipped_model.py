@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from service.config import Settings
-from service.repository import load_repository
+from vaecore.repository import load_repository
 
 REPO = Path(__file__).resolve().parents[1] / "deploy" / "model_repository"
 

@@ -5,7 +5,6 @@ settings, test NLL, attribute vectors) that lets the service serve a new model w
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,20 +18,19 @@ from training.config import TrainConfig
 from training.data import fixed_binarization, load_dataset
 from training.model import ConvVAE
 from training.train import total_train_seconds
-from training.triton_repo import (
+from training.triton_repo import InstanceKind, Variant, write_model
+from vaecore.repository import (
     METADATA_SUFFIX,
     MODEL_FILE,
     VERSION,
-    InstanceKind,
-    TensorSpec,
-    TritonModelSpec,
-    Variant,
+    NetworkSpec,
     decoder_spec,
     encoder_spec,
-    write_model,
+    metadata_files,
+    network_dir,
+    read_metadata,
+    write_metadata,
 )
-
-METADATA_FORMAT = 1
 
 
 class TorchScriptEncoder(nn.Module):
@@ -64,26 +62,12 @@ def script_modules(model: ConvVAE) -> tuple[torch.jit.ScriptModule, torch.jit.Sc
     return torch.jit.script(TorchScriptEncoder(model).eval()), torch.jit.script(TorchScriptDecoder(model).eval())
 
 
-def _spec_json(spec: TritonModelSpec) -> dict[str, Any]:
-    def tensors(items: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
-        return [{"name": t.name, "dims": list(t.dims), "data_type": t.data_type} for t in items]
-
-    return {"model_name": spec.name, "inputs": tensors(spec.inputs), "outputs": tensors(spec.outputs)}
-
-
-def spec_from_json(data: dict[str, Any]) -> TritonModelSpec:
-    def tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t["name"], tuple(t["dims"]), t["data_type"]) for t in items)
-
-    return TritonModelSpec(data["model_name"], tensors(data["inputs"]), tensors(data["outputs"]))
-
-
 def build_metadata(
     name: str,
     model: ConvVAE,
     checkpoint: dict[str, Any],
-    encoder: TritonModelSpec,
-    decoder: TritonModelSpec,
+    encoder: NetworkSpec,
+    decoder: NetworkSpec,
     attributes: dict[str, Any],
     evaluation: dict[str, Any] | None,
 ) -> dict[str, Any]:
@@ -91,7 +75,6 @@ def build_metadata(
     log_scale = model.decoder_log_scale()
     history = checkpoint.get("history", [])
     return {
-        "format": METADATA_FORMAT,
         "name": name,
         "latent_dim": cfg.latent_dim,
         "image_shape": [cfg.image_channels, cfg.image_size, cfg.image_size],
@@ -99,8 +82,8 @@ def build_metadata(
         "likelihood": cfg.likelihood,
         "gaussian_log_scale": None if log_scale is None else [float(v) for v in log_scale],
         "prior": "standard_normal",
-        "encoder": _spec_json(encoder),
-        "decoder": _spec_json(decoder),
+        "encoder": encoder.to_json(),
+        "decoder": decoder.to_json(),
         "dataset": checkpoint.get("dataset"),
         "label_names": checkpoint.get("label_names", []),
         "model_config": cfg.to_dict(),
@@ -148,21 +131,20 @@ def export_repository(
             module.save(str(path))
             write_model(repo, spec, path, variant, max_batch_size, instance_kind)
     metadata = build_metadata(name, model, checkpoint, enc_spec, dec_spec, attributes, evaluation)
-    metadata_path = repo / f"{name}{METADATA_SUFFIX}"
-    metadata_path.write_text(json.dumps(metadata, indent=1) + "\n")
-    return metadata_path
+    return write_metadata(repo, metadata)
 
 
 def derive_python_variant(source: Path, target: Path, max_batch_size: int = 256) -> list[Path]:
     """Copy every VAE of a (libtorch) repository into a Python-backend repository (KIND_CPU), sharing the
     same TorchScript files and metadata: for Triton servers built without the libtorch backend."""
     written = []
-    for metadata_path in sorted(source.glob(f"*{METADATA_SUFFIX}")):
-        metadata = json.loads(metadata_path.read_text())
+    for metadata_path in metadata_files(source):
+        metadata = read_metadata(metadata_path)
         for part in ("encoder", "decoder"):
-            spec = spec_from_json(metadata[part])
-            torchscript = source / spec.name / VERSION / MODEL_FILE
-            write_model(target, spec, torchscript, "python", max_batch_size, "KIND_CPU")
+            spec = NetworkSpec.from_json(metadata[part])
+            write_model(
+                target, spec, network_dir(source, spec) / VERSION / MODEL_FILE, "python", max_batch_size, "KIND_CPU"
+            )
         target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(metadata_path, target / metadata_path.name)
         written.append(target / metadata_path.name)

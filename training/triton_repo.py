@@ -1,54 +1,20 @@
-"""The Triton model-repository contract: tensor names, `config.pbtxt` text, and the Python-backend variant.
+"""Triton's side of an export: `config.pbtxt` text and the Python-backend variant.
 
-One VAE named N is two Triton models, `N_encoder` and `N_decoder`, plus `N.vae.json` (the metadata the
-service reads) at the repository root. Tensor names follow the libtorch backend's `<name>__<index>` rule, and
-the Python-backend variant uses the same names, so a client never needs to know which backend serves it.
+The layout, file names and tensor names are the contract in `vaecore.repository`; this module only writes what
+Triton itself reads. The Python-backend variant uses the same tensor names, so a client never needs to know
+which backend serves it.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from vaecore.repository import MODEL_FILE, VERSION, NetworkSpec, TensorSpec, network_dir
+
 Variant = Literal["libtorch", "python"]
 InstanceKind = Literal["KIND_GPU", "KIND_CPU"]
-METADATA_SUFFIX = ".vae.json"
-MODEL_FILE = "model.pt"
-VERSION = "1"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dims: tuple[int, ...]  # without the batch dimension
-    data_type: str = "TYPE_FP32"
-
-
-@dataclass(frozen=True)
-class TritonModelSpec:
-    """One Triton model: a TorchScript module with a batch-first input and tuple outputs."""
-
-    name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-
-def encoder_spec(vae_name: str, image_shape: tuple[int, int, int], latent_dim: int) -> TritonModelSpec:
-    return TritonModelSpec(
-        f"{vae_name}_encoder",
-        (TensorSpec("image__0", image_shape),),
-        (TensorSpec("mu__0", (latent_dim,)), TensorSpec("logvar__1", (latent_dim,))),
-    )
-
-
-def decoder_spec(vae_name: str, image_shape: tuple[int, int, int], latent_dim: int) -> TritonModelSpec:
-    return TritonModelSpec(
-        f"{vae_name}_decoder",
-        (TensorSpec("latent__0", (latent_dim,)),),
-        (TensorSpec("mean__0", image_shape), TensorSpec("logits__1", image_shape)),
-    )
 
 
 def _tensor_block(key: str, tensors: tuple[TensorSpec, ...]) -> str:
@@ -60,7 +26,7 @@ def _tensor_block(key: str, tensors: tuple[TensorSpec, ...]) -> str:
 
 
 def config_pbtxt(
-    spec: TritonModelSpec,
+    spec: NetworkSpec,
     variant: Variant,
     max_batch_size: int,
     instance_kind: InstanceKind,
@@ -145,14 +111,14 @@ class TritonPythonModel:
 
 def write_model(
     repo: Path,
-    spec: TritonModelSpec,
+    spec: NetworkSpec,
     torchscript_file: Path,
     variant: Variant,
     max_batch_size: int,
     instance_kind: InstanceKind,
 ) -> Path:
     """Lay out `repo/<name>/config.pbtxt` and `repo/<name>/1/model.pt` (+ `model.py` for the Python backend)."""
-    model_dir = repo / spec.name
+    model_dir = network_dir(repo, spec)
     version_dir = model_dir / VERSION
     version_dir.mkdir(parents=True, exist_ok=True)
     if torchscript_file.resolve() != (version_dir / MODEL_FILE).resolve():

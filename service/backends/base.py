@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.repository import ModelSpec
+from vaecore.repository import ModelSpec
 
 
 class Backend(Protocol):

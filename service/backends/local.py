@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from service.errors import Unavailable
-from service.repository import ModelSpec
+from vaecore.repository import ModelSpec
 
 
 class LocalBackend:

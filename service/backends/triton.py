@@ -16,7 +16,7 @@ import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from service.errors import Unavailable
-from service.repository import ModelSpec, NetworkSpec
+from vaecore.repository import ModelSpec, NetworkSpec
 
 log = logging.getLogger(__name__)
 

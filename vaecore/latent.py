@@ -1,4 +1,4 @@
-"""Pure latent-space math shared by the plots and the service: linear and spherical interpolation.
+"""Pure latent-space math shared by the plots (training) and the service: linear and spherical interpolation.
 
 numpy only, no model: easy to test and safe to call on the request path.
 """
