@@ -15,6 +15,7 @@ DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "deploy" / "model_
 class Settings:
     host: str = "0.0.0.0"  # interface the gRPC server binds
     port: int = 50051  # gRPC port (0 picks a free one)
+    metrics_host: str = ""  # interface /metrics binds (empty: the same as --host)
     metrics_port: int = 8000  # Prometheus /metrics HTTP port (0 picks a free one, -1 disables)
     model_repository: Path = DEFAULT_REPOSITORY  # folder with <name>.vae.json files and their networks
     default_model: str = ""  # model used when a request names none (empty: the first by name)
@@ -33,32 +34,54 @@ class Settings:
     max_score_rows: int = 65536  # images x samples in one Score request
     stream_chunk: int = 256  # images per SampleStream message when the request says 0
     shutdown_grace_s: float = 10.0  # on SIGTERM, time given to in-flight requests
+    latent_health: bool = True  # live latent-health metrics: KL and active units of encoded inputs, Score's log p(x)
     log_level: str = "INFO"
 
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
 
+    @property
+    def metrics_bind_host(self) -> str:
+        return self.metrics_host or self.host
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """`true/false`, `1/0`, `yes/no`, `on/off` (any case); anything else is an error, never silently True."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE or lowered in _FALSE:
+        return lowered in _TRUE
+    raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}, got {text!r}")
+
+
+def _kind(like: Any) -> Any:
+    if isinstance(like, bool):
+        return parse_bool
+    return Path if isinstance(like, Path) else type(like)
+
 
 def _convert(value: str, like: Any) -> Any:
-    if isinstance(like, Path):
-        return Path(value)
-    return type(like)(value)
+    return _kind(like)(value)
 
 
 def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
     environ = dict(os.environ if environ is None else environ)
     defaults = Settings()
+    parser = argparse.ArgumentParser(prog="python -m service", description="Serve VAEs over gRPC.")
     values: dict[str, Any] = {}
     for f in fields(Settings):
         env_name = f"VAE_{f.name.upper()}"
         if env_name in environ:
-            values[f.name] = _convert(environ[env_name], getattr(defaults, f.name))
-    parser = argparse.ArgumentParser(prog="python -m service", description="Serve VAEs over gRPC.")
+            try:
+                values[f.name] = _convert(environ[env_name], getattr(defaults, f.name))
+            except ValueError as exc:
+                parser.error(f"environment variable {env_name}: {exc}")
     for f in fields(Settings):
         default = values.get(f.name, getattr(defaults, f.name))
-        kind = Path if isinstance(default, Path) else type(default)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default,
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=_kind(default), default=default,
                             help=f"env VAE_{f.name.upper()} (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
     settings = Settings(**vars(args))

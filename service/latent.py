@@ -9,7 +9,7 @@ import numpy as np
 
 from vaecore.latent import lerp, slerp
 
-__all__ = ["interpolate", "lerp", "prior_latents", "slerp", "weighted_sum"]
+__all__ = ["interpolate", "lerp", "posterior_kl", "prior_latents", "slerp", "weighted_sum"]
 
 
 def interpolate(a: np.ndarray, b: np.ndarray, steps: int, spherical: bool) -> np.ndarray:
@@ -24,3 +24,9 @@ def weighted_sum(weights: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 def prior_latents(rng: np.random.Generator, n: int, latent_dim: int, temperature: float) -> np.ndarray:
     """n draws of N(0, temperature^2 I); the same generator state gives the same latents."""
     return (rng.standard_normal((n, latent_dim), dtype=np.float32) * np.float32(temperature)).astype(np.float32)
+
+
+def posterior_kl(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) per row, in nats (float64): Score's KL and the latent-health KL."""
+    mu64, lv64 = mu.astype(np.float64), logvar.astype(np.float64)
+    return 0.5 * (mu64**2 + np.exp(lv64) - 1.0 - lv64).sum(-1)  # type: ignore[no-any-return]

@@ -1,21 +1,28 @@
 """Prometheus metrics, defined once against a registry the caller owns (tests make a fresh one).
 
-Names and labels are documented in README.md; dashboards and alerts depend on them.
+Names and labels are documented in README.md; dashboards and alerts depend on them. Every labelled series
+that can be known at start-up (methods x status codes, models x networks, backends) is created at zero, so
+dashboards and alerts see 0 rather than "no data" before the first request or the first error.
 """
 
 from __future__ import annotations
 
 import time
 
+import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 from service.backends.base import Backend
 from service.batching import BatchObserver
+from service.latent_health import LatentHealth
+from service.proto_gen.vae.v1 import vae_pb2
 from vaecore.repository import ModelSpec
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+METHODS = tuple(m.name for m in vae_pb2.DESCRIPTOR.services_by_name["VaeService"].methods)
+NETWORKS = ("encoder", "decoder")
 
 
 class ServiceMetrics:
@@ -41,15 +48,44 @@ class ServiceMetrics:
         self.backend_errors = Counter("vae_backend_errors", "failed backend calls", ["backend", "network"],
                                       registry=registry)  # fmt: skip
         self.backend_up = Gauge("vae_backend_up", "1 when the backend is ready", ["backend"], registry=registry)
+        self.queue_capacity = Gauge("vae_queue_capacity", "most chunks that may wait (--max-queue)",
+                                    ["model", "network"], registry=registry)  # fmt: skip
         info_labels = ["model", "latent_dim", "likelihood", "dataset", "backend"]
         self.model_info = Gauge("vae_model_info", "served models (value 1)", info_labels, registry=registry)
+        self.test_nll = Gauge("vae_model_test_nll_nats", "test NLL stored in the model's metadata, nats", ["model"],
+                              registry=registry)  # fmt: skip
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        self.latent_health: LatentHealth | None = None
+        self._zero_rpc_series()
+
+    def _zero_rpc_series(self) -> None:
+        for method in METHODS:
+            for code in grpc.StatusCode:
+                self.requests.labels(method, code.name)
+            self.latency.labels(method)
+            self.in_flight.labels(method)
+            self.items.labels(method)
 
     def observer(self, model: str, network: str) -> BatchObserver:
         return _Observer(self, model, network)
 
-    def describe_models(self, models: dict[str, ModelSpec], backend: str) -> None:
+    def describe_models(self, models: dict[str, ModelSpec], backend: str, max_queue: int, latent_health: bool) -> None:
+        """The served models, their limits and reference figures, and every per-model series at zero."""
         for m in models.values():
             self.model_info.labels(m.name, str(m.latent_dim), m.likelihood, m.dataset, backend).set(1)
+            if m.test_nll > 0:
+                self.test_nll.labels(m.name).set(m.test_nll)
+            for network in NETWORKS:
+                self.queue_capacity.labels(m.name, network).set(max_queue)
+                self.observer(m.name, network)  # creates the batching series
+        for network in NETWORKS:
+            self.backend_latency.labels(backend, network)
+            self.backend_errors.labels(backend, network)
+        self.backend_up.labels(backend).set(0)
+        if latent_health:
+            self.latent_health = LatentHealth(models)
+            self.registry.register(self.latent_health)
 
 
 class _Observer(BatchObserver):

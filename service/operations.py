@@ -11,13 +11,14 @@ import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from service.backends.base import Backend
 from service.batching import BatchObserver, DynamicBatcher
 from service.errors import InvalidArgument, NotFound
-from service.latent import interpolate, prior_latents, weighted_sum
+from service.latent import interpolate, posterior_kl, prior_latents, weighted_sum
 from vaecore.repository import ModelSpec
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -38,6 +39,14 @@ class Scores:
     log_likelihood: np.ndarray
 
 
+class LatentObserver(Protocol):
+    """Sees every posterior the encoder produces and every Score result (service/latent_health.py)."""
+
+    def posterior(self, model: str, mu: np.ndarray, logvar: np.ndarray) -> None: ...
+
+    def log_likelihood(self, model: str, values: np.ndarray) -> None: ...
+
+
 # A term of latent arithmetic after the API layer has parsed it: (weight, latent [D]) or (weight, attribute name)
 Term = tuple[float, np.ndarray | str]
 
@@ -49,11 +58,13 @@ class VaeOperations:
         backend: Backend,
         limits: BatchingLimits,
         observer: Callable[[str, str], BatchObserver] | None = None,
+        latent_observer: LatentObserver | None = None,
     ) -> None:
         self.models = models
         self.backend = backend
         self.limits = limits
         self._observer = observer or (lambda model, network: BatchObserver())
+        self._latent = latent_observer
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
 
     async def start(self) -> None:
@@ -107,6 +118,8 @@ class VaeOperations:
     async def posterior(self, model: ModelSpec, images: np.ndarray, deadline: float | None = None):  # type: ignore[no-untyped-def]
         """(mu, logvar) of q(z|x), each [N, D]."""
         mu, logvar = await self._batched(model, "encoder", images, deadline)
+        if self._latent is not None:
+            self._latent.posterior(model.name, mu, logvar)
         return mu, logvar
 
     async def decode(
@@ -185,8 +198,10 @@ class VaeOperations:
         log_w = log_px_z + log_pz - log_qz
         top = log_w.max(axis=1, keepdims=True)
         log_likelihood_ = (top[:, 0] + np.log(np.exp(log_w - top).mean(axis=1))).astype(np.float64)
-        kl = 0.5 * (mu.astype(np.float64) ** 2 + np.exp(logvar) - 1.0 - logvar).sum(-1)
+        kl = posterior_kl(mu, logvar)
         reconstruction = log_px_z.mean(axis=1)
+        if self._latent is not None:
+            self._latent.log_likelihood(model.name, log_likelihood_)
         return Scores(reconstruction - kl, reconstruction, kl, log_likelihood_)
 
 

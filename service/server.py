@@ -86,8 +86,8 @@ async def start_server(settings: Settings, registry: CollectorRegistry | None = 
     metrics = ServiceMetrics(registry or CollectorRegistry())
     backend = InstrumentedBackend(make_backend(settings, models), metrics)
     limits = BatchingLimits(settings.max_batch_size, settings.max_wait_s, settings.max_queue)
-    operations = VaeOperations(models, backend, limits, metrics.observer)
-    metrics.describe_models(models, settings.backend)
+    metrics.describe_models(models, settings.backend, settings.max_queue, settings.latent_health)
+    operations = VaeOperations(models, backend, limits, metrics.observer, metrics.latent_health)
 
     message_limit = settings.max_message_mb * 1024 * 1024
     server = grpc.aio.server(options=[("grpc.max_send_message_length", message_limit),
@@ -104,7 +104,7 @@ async def start_server(settings: Settings, registry: CollectorRegistry | None = 
     health_task = asyncio.get_running_loop().create_task(_track_health(backend, health_servicer))
     metrics_http, metrics_port = None, None
     if settings.metrics_port >= 0:
-        metrics_http, _ = start_http_server(settings.metrics_port, registry=metrics.registry)
+        metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_bind_host, metrics.registry)
         metrics_port = metrics_http.server_port
     await server.start()
     log.info("serving %s on port %d (backend %s, metrics port %s)", ", ".join(models), port, settings.backend,
