@@ -19,8 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.config import Settings
+from service.inprocess import serving, stub_for
 from service.proto_gen.vae.v1 import vae_pb2
-from tests.service.harness import serving, stub_for
 
 
 def drive(settings: Settings, clients: int, seconds: float) -> tuple[float, float, float]:
