@@ -756,6 +756,36 @@ def test_dockerfile_healthcheck_command_against_a_real_server(tmp_path: Path) ->
         assert check(f"127.0.0.1:{s.getsockname()[1]}").returncode != 0
 
 
+def test_liveness_name_stays_serving_while_the_backend_is_down() -> None:
+    """The probes' contract: liveness asks "" and must stay SERVING while the backend is down (else Kubernetes
+    restarts every service pod during a Triton outage); readiness asks vae.v1.VaeService, NOT_SERVING then."""
+    import socket
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from service.inprocess import serving
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: a Triton that is down
+        triton_url = f"127.0.0.1:{closed.getsockname()[1]}"
+        argv = ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", "--backend", "triton"]
+        env = {"VAE_MODEL_REPOSITORY": str(DEPLOY / "model_repository"), "VAE_TRITON_URL": triton_url}
+        with serving(load_settings(argv, environ=env)) as server, grpc.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(name: str) -> str:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=3)
+                return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+            deadline = time.monotonic() + 10
+            while status("") != "SERVING" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert status(SERVICE_NAME) == "NOT_SERVING"
+            assert status("") == "SERVING", "liveness follows the backend: a Triton outage would restart every pod"
+
+
 def dockerignore_included(path: str) -> bool:
     """Docker's .dockerignore semantics for the patterns used: last match wins, `!` re-includes, a directory
     pattern covers what is under it, `**` crosses directories."""
