@@ -290,8 +290,11 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) 
 
 @contextlib.asynccontextmanager
 async def _observed(method: str, metrics: ServiceMetrics, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Around one RPC: in-flight gauge, latency, the request counter by status code, errors -> statuses."""
-    started, code = time.perf_counter(), grpc.StatusCode.OK
+    """Around one RPC: in-flight gauge, latency, the request counter by status code, errors -> statuses.
+
+    The metrics are recorded before an error status is sent, so a client that has its answer finds it counted.
+    """
+    started, code, failure = time.perf_counter(), grpc.StatusCode.OK, None
     metrics.in_flight.labels(method).inc()
     try:
         yield
@@ -299,12 +302,13 @@ async def _observed(method: str, metrics: ServiceMetrics, context: grpc.aio.Serv
         code = grpc.StatusCode.CANCELLED
         raise
     except Exception as exc:
-        code = status_for(exc)[0]
-        await _fail(context, method, exc)
+        code, failure = status_for(exc)[0], exc
     finally:
         metrics.in_flight.labels(method).dec()
         metrics.requests.labels(method, code.name).inc()
         metrics.latency.labels(method).observe(time.perf_counter() - started)
+    if failure is not None:
+        await _fail(context, method, failure)
 
 
 def _unary(method: str, handler: Callable[..., Any], metrics: ServiceMetrics) -> Callable[..., Any]:
