@@ -44,7 +44,8 @@ class _Histogram:
     def observe(self, values: np.ndarray) -> None:
         finite = values[np.isfinite(values)]
         # Prometheus buckets are "less than or equal": index of the first bound >= value.
-        np.add.at(self.counts, np.searchsorted(self.bounds, finite, side="left"), 1)
+        index = np.searchsorted(self.bounds, finite, side="left")
+        self.counts += np.bincount(index, minlength=len(self.counts))
         self.total += float(finite.sum())
 
     def buckets(self) -> list[tuple[str, float]]:
@@ -62,11 +63,13 @@ class _ModelState:
         self.next = 0
 
     def remember(self, mu: np.ndarray) -> None:
-        rows = mu[-len(self.means) :]
-        positions = (self.next + np.arange(len(rows))) % len(self.means)
-        self.means[positions] = rows
-        self.next = int((self.next + len(rows)) % len(self.means))
-        self.filled = min(len(self.means), self.filled + len(rows))
+        size = len(self.means)
+        rows = mu[-size:]
+        first = min(len(rows), size - self.next)  # up to the end of the ring, then wrap to its start
+        self.means[self.next : self.next + first] = rows[:first]
+        self.means[: len(rows) - first] = rows[first:]
+        self.next = (self.next + len(rows)) % size
+        self.filled = min(size, self.filled + len(rows))
 
     def active_units(self) -> int:
         if self.filled < 2:
