@@ -163,3 +163,14 @@ def test_healthcheck_command_exits_zero_only_when_serving(server: ServerThread, 
     assert "NOT_FOUND" in capsys.readouterr().out
     assert healthcheck.main(["--target", "127.0.0.1:1", "--timeout", "1"]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().out or "DEADLINE_EXCEEDED" in capsys.readouterr().out
+
+
+def test_the_window_of_posterior_means_keeps_the_latest_rows_across_the_wrap() -> None:
+    from service.latent_health import _ModelState
+
+    state = _ModelState(latent_dim=2, window=5)
+    for k in range(7):  # 21 rows in batches of 3: the ring wraps inside batches
+        state.remember(np.full((3, 2), k, np.float32))
+    assert state.filled == 5 and sorted(state.means[:, 0].tolist()) == [5, 5, 6, 6, 6]
+    state.remember(np.arange(12, dtype=np.float32).reshape(6, 2))  # a batch larger than the window
+    assert sorted(state.means[:, 0].tolist()) == [2, 4, 6, 8, 10]
