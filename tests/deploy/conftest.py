@@ -1,0 +1,70 @@
+"""A live monitoring stack for the dashboard tests: the service in-process (local backend, or --backend triton
+against a real tritonserver), a real Prometheus scraping it (and Triton) every second, and a little traffic of
+every RPC already sent and scraped."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.config import Settings
+from service.inprocess import ServerThread, serving
+from tools.prom import PrometheusApi, PrometheusServer, ScrapeJob, poll
+from tools.traffic import Tally, Traffic
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass
+class LiveStack:
+    backend: str  # local or triton
+    server: ServerThread
+    prometheus: PrometheusServer
+    api: PrometheusApi
+    tally: Tally  # what the traffic got back, by method and status code
+
+
+def _wait_serving(server: ServerThread, timeout_s: float = 60.0) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="vae.v1.VaeService")
+        poll(lambda: stub.Check(request, timeout=2).status == SERVING, timeout_s, "the service to be SERVING")
+
+
+@pytest.fixture(scope="module", params=["local", "triton"])
+def live_stack(
+    request: pytest.FixtureRequest, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveStack]:
+    backend = request.param
+    with contextlib.ExitStack() as stack:
+        jobs, extra = [], {}
+        if backend == "triton":
+            from training.export import derive_python_variant
+            from training.triton_local import TritonServer
+
+            python_repo = tmp_path_factory.mktemp("python_repository")
+            derive_python_variant(model_repository, python_repo, max_batch_size=64)
+            triton = TritonServer(python_repo, tmp_path_factory.mktemp("triton")).start()
+            stack.callback(triton.stop)
+            jobs.append(ScrapeJob("triton", [f"127.0.0.1:{triton.metrics_port}"]))
+            extra = {"backend": "triton", "triton_url": triton.grpc_url}
+        settings = Settings(host="127.0.0.1", port=0, metrics_port=0, model_repository=model_repository,
+                            max_batch_size=16, max_wait_ms=5, torch_threads=1, **extra)  # type: ignore[arg-type]  # fmt: skip
+        server = stack.enter_context(serving(settings))
+        assert server.running is not None and server.running.metrics_port
+        _wait_serving(server)
+        jobs.insert(0, ScrapeJob("vae-service", [f"127.0.0.1:{server.running.metrics_port}"]))
+        prometheus = stack.enter_context(PrometheusServer(tmp_path_factory.mktemp("prometheus"), jobs, "1s"))
+        prometheus.wait_for_targets_up()  # a first scrape before the traffic, so rates see it as an increase
+        assert prometheus.api is not None
+        traffic = stack.enter_context(Traffic(server.address, images_per_request=4, score_samples=8))
+        with ThreadPoolExecutor(3) as pool:  # concurrent rounds, so the batcher merges requests
+            list(pool.map(lambda seed: traffic.round(seed, errors=True), range(6)))
+        yield LiveStack(backend, server, prometheus, prometheus.api, traffic.tally)
