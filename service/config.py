@@ -34,6 +34,8 @@ class Settings:
     max_score_rows: int = 65536  # images x samples in one Score request
     stream_chunk: int = 256  # images per SampleStream message when the request says 0
     shutdown_grace_s: float = 10.0  # on SIGTERM, time given to in-flight requests
+    max_connection_age_s: float = 300.0  # close client connections after this long (0: never), so clients re-resolve
+    max_connection_age_grace_s: float = 300.0  # time calls on an aged connection get to finish before it is cut
     latent_health: bool = True  # live latent-health metrics: KL and active units of encoded inputs, Score's log p(x)
     log_level: str = "INFO"
 

@@ -39,6 +39,19 @@ def make_backend(settings: Settings, models: dict[str, ModelSpec]) -> Backend:
     return LocalBackend(models, settings.device, settings.torch_threads)
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Message limits, and a maximum connection age: gRPC pins a client to the replicas it connected to, so
+    without one a scaled-out deployment's new replicas would get no traffic from existing clients."""
+    message_limit = settings.max_message_mb * 1024 * 1024
+    options = [("grpc.max_send_message_length", message_limit), ("grpc.max_receive_message_length", message_limit)]
+    if settings.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -64,16 +77,17 @@ class RunningServer:
 
 
 async def _track_health(backend: Backend, servicer: health.aio.HealthServicer) -> None:
-    """NOT_SERVING until the backend is ready and whenever it is down; checked every HEALTH_POLL_S."""
+    """Readiness: `vae.v1.VaeService` is NOT_SERVING until the backend is ready and whenever it is down (polled
+    every HEALTH_POLL_S). Liveness, the empty name, is not tied to the backend: a Triton outage must take the
+    replicas out of rotation, not make an orchestrator restart every one of them."""
     last = None
     while True:
         status = (
             health_pb2.HealthCheckResponse.SERVING if backend.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         if status != last:
-            for name in ("", SERVICE_NAME):
-                await servicer.set(name, status)
-            log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+            await servicer.set(SERVICE_NAME, status)
+            log.info("readiness: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
             last = status
         await asyncio.sleep(HEALTH_POLL_S)
 
@@ -89,9 +103,7 @@ async def start_server(settings: Settings, registry: CollectorRegistry | None = 
     metrics.describe_models(models, settings.backend, settings.max_queue, settings.latent_health)
     operations = VaeOperations(models, backend, limits, metrics.observer, metrics.latent_health)
 
-    message_limit = settings.max_message_mb * 1024 * 1024
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", message_limit),
-                                      ("grpc.max_receive_message_length", message_limit)])  # fmt: skip
+    server = grpc.aio.server(options=server_options(settings))
     vae_pb2_grpc.add_VaeServiceServicer_to_server(instrument(VaeServicer(operations, settings, metrics)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -107,6 +119,7 @@ async def start_server(settings: Settings, registry: CollectorRegistry | None = 
         metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_bind_host, metrics.registry)
         metrics_port = metrics_http.server_port
     await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)  # liveness: the server answers
     log.info("serving %s on port %d (backend %s, metrics port %s)", ", ".join(models), port, settings.backend,
              metrics_port)  # fmt: skip
     return RunningServer(server, port, metrics_port, operations, health_servicer, metrics, metrics_http, health_task)

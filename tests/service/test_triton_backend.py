@@ -47,11 +47,9 @@ def both(model_repository: Path, triton: TritonServer) -> Iterator[tuple[ServerT
         yield local, remote
 
 
-def _health(server: ServerThread) -> int:
+def _health(server: ServerThread, name: str = "vae.v1.VaeService") -> int:
     with grpc.insecure_channel(server.address) as channel:
-        return (
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="vae.v1.VaeService")).status
-        )
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=name)).status
 
 
 def _wait_for(server: ServerThread, status: int, timeout: float = 60.0) -> None:
@@ -94,7 +92,9 @@ def test_triton_backend_answers_like_the_local_backend(both: tuple[ServerThread,
                     )
 
 
-def test_health_follows_triton_down_and_back(both: tuple[ServerThread, ServerThread], triton: TritonServer) -> None:
+def test_readiness_follows_triton_down_and_back_liveness_stays(
+    both: tuple[ServerThread, ServerThread], triton: TritonServer
+) -> None:
     _, remote = both
     _wait_for(remote, SERVING)
     triton.stop()
@@ -103,6 +103,7 @@ def test_health_follows_triton_down_and_back(both: tuple[ServerThread, ServerThr
             stub.Sample(V.SampleRequest(n=2))
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     _wait_for(remote, NOT_SERVING)
+    assert _health(remote, "") == SERVING  # liveness stays up: restarting the service would not bring Triton back
     triton.start()
     _wait_for(remote, SERVING)
     with stub_for(remote) as stub:
