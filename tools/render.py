@@ -35,7 +35,7 @@ def format_value(value: float, unit: str) -> str:
     if not math.isfinite(value):
         return "-"
     if value == 0:
-        return "0"
+        return {"percentunit": "0%", "s": "0 s", "bytes": "0 B", "reqps": "0 req/s"}.get(unit, "0")
     if unit == "percentunit":
         return f"{value * 100:.3g}%"
     if unit == "s":

@@ -8,15 +8,17 @@ and with the local backend the panels of Triton's own metrics (no Triton runs th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.deploy.conftest import LiveStack
 from tools import dashboard
 from tools.dashboard import Panel, Target
 from tools.prom import PrometheusError, finite_values, poll
 from tools.traffic import METHODS
+
+if TYPE_CHECKING:
+    from tests.deploy.conftest import LiveStack
 
 RATE_INTERVAL = "1m"  # what $__rate_interval becomes; Prometheus scrapes every second here
 DEADLINE_S = 60.0
