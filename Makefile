@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/mnist
 
-.PHONY: setup system-deps run monitor model train evaluate plots export test lint format generate bench clean
+.PHONY: setup system-deps run monitor rules model train evaluate plots export test lint format generate bench clean
 
 setup: $(VENV)/.installed .tools/node_modules/.bin/buf system-deps
 
@@ -54,11 +54,15 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy training service
+	$(VENV)/bin/mypy training service vaecore tools
 	cd proto && ../.tools/node_modules/.bin/buf lint
 
 generate: setup
 	$(PY) scripts/generate_proto.py
+
+# After editing deploy/prometheus/rules/: regenerate the Kubernetes PrometheusRule that wraps them (a test checks it).
+rules: setup
+	$(PY) scripts/sync_prometheus_rule.py
 
 bench: setup
 	$(PY) benchmarks/decoder_throughput.py

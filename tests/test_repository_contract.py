@@ -65,7 +65,11 @@ def test_an_unknown_format_version_is_refused_by_name(tmp_path: Path, version: o
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"image_shape": [4, 4]}, "image_shape must be"), ({"latent_dim": None}, "TypeError"), ({"encoder": {}}, "KeyError")],
+    [
+        ({"image_shape": [4, 4]}, "image_shape must be"),
+        ({"latent_dim": None}, "TypeError"),
+        ({"encoder": {}}, "KeyError"),
+    ],
 )
 def test_a_broken_metadata_file_names_itself(tmp_path: Path, change: dict[str, object], message: str) -> None:
     path = tmp_path / "m.vae.json"
