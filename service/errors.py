@@ -42,6 +42,16 @@ class Cancelled(ServiceError):
     code = grpc.StatusCode.CANCELLED
 
 
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class FailedPrecondition(ServiceError):
+    """The request is fine but the server cannot serve it as things stand (e.g. a model failed its integrity check)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """(status code, message) for any exception: domain errors keep theirs, anything else is INTERNAL."""
     if isinstance(error, ServiceError):
