@@ -1,4 +1,4 @@
-"""Command line: `python -m training {train,evaluate,plots,export}`; see `--help` of each."""
+"""Command line: `python -m training {train,evaluate,plots,export,python-repo,rehash}`; see `--help` of each."""
 
 from __future__ import annotations
 
@@ -190,6 +190,27 @@ def _run_python_repo(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _add_rehash(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rehash", help="record the SHA-256 of every network file in a repository's metadata")
+    p.add_argument("--repo", type=Path, default=Path("deploy/model_repository"))
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite digests the files no longer match (you vouch for the files as they are)")  # fmt: skip
+    p.set_defaults(handler=_run_rehash)
+
+
+def _run_rehash(args: argparse.Namespace) -> None:
+    from vaecore.repository import RepositoryError, metadata_files, read_metadata, record_digests, write_metadata
+
+    paths = metadata_files(args.repo)
+    if not paths:
+        raise DatasetError(f"no model metadata in {args.repo}")
+    for path in paths:
+        try:
+            print(write_metadata(args.repo, record_digests(args.repo, read_metadata(path), args.replace)))
+        except (RepositoryError, OSError) as exc:
+            raise DatasetError(f"{exc} (--replace overwrites a recorded digest)") from exc
+
+
 def _load(checkpoint_path: Path, threads: int, need_data: bool = True):  # type: ignore[no-untyped-def]
     """(model, checkpoint, dataset) for the evaluation-side commands."""
     import torch
@@ -212,7 +233,7 @@ def _load(checkpoint_path: Path, threads: int, need_data: bool = True):  # type:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_plots, _add_export, _add_python_repo):
+    for add in (_add_train, _add_evaluate, _add_plots, _add_export, _add_python_repo, _add_rehash):
         add(sub)
     return parser
 

@@ -5,7 +5,6 @@ settings, test NLL, attribute vectors) that lets the service serve a new model w
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from vaecore.repository import (
     metadata_files,
     network_dir,
     read_metadata,
+    record_digests,
     write_metadata,
 )
 
@@ -131,12 +131,14 @@ def export_repository(
             module.save(str(path))
             write_model(repo, spec, path, variant, max_batch_size, instance_kind)
     metadata = build_metadata(name, model, checkpoint, enc_spec, dec_spec, attributes, evaluation)
-    return write_metadata(repo, metadata)
+    return write_metadata(repo, record_digests(repo, metadata))
 
 
 def derive_python_variant(source: Path, target: Path, max_batch_size: int = 256) -> list[Path]:
     """Copy every VAE of a (libtorch) repository into a Python-backend repository (KIND_CPU), sharing the
-    same TorchScript files and metadata: for Triton servers built without the libtorch backend."""
+    same TorchScript files and metadata: for Triton servers built without the libtorch backend. The copied
+    metadata records the copies' SHA-256 digests; a source file that does not match the digest its metadata
+    records fails the derivation (`RepositoryError`) before that model's metadata is written."""
     written = []
     for metadata_path in metadata_files(source):
         metadata = read_metadata(metadata_path)
@@ -145,9 +147,7 @@ def derive_python_variant(source: Path, target: Path, max_batch_size: int = 256)
             write_model(
                 target, spec, network_dir(source, spec) / VERSION / MODEL_FILE, "python", max_batch_size, "KIND_CPU"
             )
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(metadata_path, target / metadata_path.name)
-        written.append(target / metadata_path.name)
+        written.append(write_metadata(target, record_digests(target, metadata)))
     if not written:
         raise FileNotFoundError(f"no *{METADATA_SUFFIX} model metadata in {source}")
     return written

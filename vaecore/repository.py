@@ -10,11 +10,18 @@ A repository holds, for each VAE named N, two Triton models and one metadata fil
 
 Tensor names follow the libtorch backend's `<name>__<index>` rule. The metadata carries `format`
 (`FORMAT_VERSION`): a reader refuses a format it does not know instead of misreading it.
+
+Each network's JSON records `sha256`, the hex SHA-256 of its `model.pt` (`record_digests`; the service checks it
+at load, service/integrity.py). It is an additive, optional field of format 1, not a new format: a reader that
+does not know it loses nothing by ignoring it, and exports made before it existed still read (the service then
+serves them as unverified, saying so; `python -m training rehash` records the digests).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,8 @@ FORMAT_VERSION = 1
 METADATA_SUFFIX = ".vae.json"
 MODEL_FILE = "model.pt"
 VERSION = "1"  # the one Triton model version an export writes
+DIGEST_CHUNK_BYTES = 1 << 20
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class RepositoryError(RuntimeError):
@@ -45,6 +54,7 @@ class NetworkSpec:
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    sha256: str | None = None  # hex digest of the TorchScript file; None in exports made before digests existed
 
     @property
     def model_name(self) -> str:
@@ -62,14 +72,18 @@ class NetworkSpec:
         def tensors(items: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
             return [{"name": t.name, "dims": list(t.dims), "data_type": t.data_type} for t in items]
 
-        return {"model_name": self.name, "inputs": tensors(self.inputs), "outputs": tensors(self.outputs)}
+        document = {"model_name": self.name, "inputs": tensors(self.inputs), "outputs": tensors(self.outputs)}
+        return document if self.sha256 is None else {**document, "sha256": self.sha256}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NetworkSpec:
         def tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
             return tuple(TensorSpec(t["name"], tuple(int(d) for d in t["dims"]), t["data_type"]) for t in items)
 
-        return cls(data["model_name"], tensors(data["inputs"]), tensors(data["outputs"]))
+        digest = data.get("sha256")
+        if digest is not None and not (isinstance(digest, str) and _SHA256_HEX.fullmatch(digest)):
+            raise ValueError(f"{data['model_name']}: sha256 must be 64 lowercase hex digits, got {digest!r}")
+        return cls(data["model_name"], tensors(data["inputs"]), tensors(data["outputs"]), digest)
 
 
 def encoder_spec(vae_name: str, image_shape: tuple[int, int, int], latent_dim: int) -> NetworkSpec:
@@ -107,11 +121,43 @@ class ModelSpec:
     test_nll_samples: int = 0
 
     def torchscript_path(self, network: NetworkSpec) -> Path:
-        return network_dir(self.directory, network) / VERSION / MODEL_FILE
+        return network_file(self.directory, network)
 
 
 def network_dir(repository: Path, network: NetworkSpec) -> Path:
     return repository / network.name
+
+
+def network_file(repository: Path, network: NetworkSpec) -> Path:
+    """The TorchScript file of one network: `<repository>/<network>/1/model.pt`."""
+    return network_dir(repository, network) / VERSION / MODEL_FILE
+
+
+def file_sha256(path: Path, chunk_bytes: int = DIGEST_CHUNK_BYTES) -> str:
+    """The hex SHA-256 of a file, read in chunks (never held whole in memory)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def record_digests(repository: Path, metadata: dict[str, Any], replace: bool = False) -> dict[str, Any]:
+    """`metadata` with the SHA-256 of each network file under `repository` recorded in that network's JSON.
+
+    A digest already recorded that its file does not match is an error (a copy or re-stamp must not launder a
+    changed file), unless `replace`: the caller vouches for the files as they are now."""
+    updated = dict(metadata)
+    for part in ("encoder", "decoder"):
+        network = NetworkSpec.from_json(metadata[part])
+        path = network_file(repository, network)
+        actual = file_sha256(path)
+        if network.sha256 not in (None, actual) and not replace:
+            raise RepositoryError(
+                f"{path} has sha256 {actual}, but its metadata records {network.sha256}; refusing to re-stamp it"
+            )
+        updated[part] = {**metadata[part], "sha256": actual}
+    return updated
 
 
 def metadata_path(repository: Path, vae_name: str) -> Path:
