@@ -193,8 +193,7 @@ def _run_python_repo(args: argparse.Namespace) -> None:
 def _add_rehash(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rehash", help="record the SHA-256 of every network file in a repository's metadata")
     p.add_argument("--repo", type=Path, default=Path("deploy/model_repository"))
-    p.add_argument("--replace", action="store_true",
-                   help="overwrite digests the files no longer match (you vouch for the files as they are)")  # fmt: skip
+    p.add_argument("--replace", action="store_true", help="overwrite digests the files no longer match")
     p.set_defaults(handler=_run_rehash)
 
 
