@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from service.backends.base import Backend
 from service.batching import BatchObserver, DynamicBatcher
-from service.errors import InvalidArgument, NotFound
+from service.errors import FailedPrecondition, InvalidArgument, NotFound
 from service.latent import interpolate, posterior_kl, prior_latents, weighted_sum
 from vaecore.repository import ModelSpec
 
@@ -59,6 +59,7 @@ class VaeOperations:
         limits: BatchingLimits,
         observer: Callable[[str, str], BatchObserver] | None = None,
         latent_observer: LatentObserver | None = None,
+        refused: Mapping[str, str] | None = None,
     ) -> None:
         self.models = models
         self.backend = backend
@@ -66,6 +67,7 @@ class VaeOperations:
         self._observer = observer or (lambda model, network: BatchObserver())
         self._latent = latent_observer
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
+        self.refused = dict(refused or {})  # model -> why it is not served (service/integrity.py)
 
     async def start(self) -> None:
         """Start the backend, then one batcher per model and network (inside the running loop)."""
@@ -97,6 +99,8 @@ class VaeOperations:
 
     def model(self, name: str) -> ModelSpec:
         model = self.models.get(name)
+        if model is None and name in self.refused:
+            raise FailedPrecondition(self.refused[name])
         if model is None:
             raise NotFound(f"model {name!r} is not served; available: {', '.join(sorted(self.models))}")
         return model

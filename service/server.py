@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from service.api import VaeServicer, instrument
 from service.backends.base import Backend
 from service.config import Settings
+from service.integrity import health_name, servable
 from service.metrics import InstrumentedBackend, ServiceMetrics
 from service.operations import BatchingLimits, VaeOperations
 from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
@@ -76,17 +77,21 @@ class RunningServer:
             self._metrics_http.server_close()
 
 
-async def _track_health(backend: Backend, servicer: health.aio.HealthServicer) -> None:
+async def _track_health(
+    backend: Backend, servicer: health.aio.HealthServicer, names: tuple[str, ...] = (SERVICE_NAME,)
+) -> None:
     """Readiness: `vae.v1.VaeService` is NOT_SERVING until the backend is ready and whenever it is down (polled
     every HEALTH_POLL_S). Liveness, the empty name, is not tied to the backend: a Triton outage must take the
-    replicas out of rotation, not make an orchestrator restart every one of them."""
+    replicas out of rotation, not make an orchestrator restart every one of them. `names` also holds each served
+    model's own name (`vae.v1.VaeService/<model>`); a model refused at start-up stays NOT_SERVING."""
     last = None
     while True:
         status = (
             health_pb2.HealthCheckResponse.SERVING if backend.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         if status != last:
-            await servicer.set(SERVICE_NAME, status)
+            for name in names:
+                await servicer.set(name, status)
             log.info("readiness: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
             last = status
         await asyncio.sleep(HEALTH_POLL_S)
@@ -97,23 +102,28 @@ async def start_server(settings: Settings, registry: CollectorRegistry | None = 
     models = load_repository(settings.model_repository)
     if settings.default_model and settings.default_model not in models:
         raise ValueError(f"default model {settings.default_model!r} is not in {settings.model_repository}")
+    # Each network file against its recorded SHA-256, before any is loaded; a model that fails is not served.
+    verdict = await asyncio.to_thread(servable, models, settings.backend != "triton", settings.default_model)
+    models = verdict.served
     metrics = ServiceMetrics(registry or CollectorRegistry())
     backend = InstrumentedBackend(make_backend(settings, models), metrics)
     limits = BatchingLimits(settings.max_batch_size, settings.max_wait_s, settings.max_queue)
     metrics.describe_models(models, settings.backend, settings.max_queue, settings.latent_health)
-    operations = VaeOperations(models, backend, limits, metrics.observer, metrics.latent_health)
+    operations = VaeOperations(models, backend, limits, metrics.observer, metrics.latent_health, verdict.refused)
 
     server = grpc.aio.server(options=server_options(settings))
     vae_pb2_grpc.add_VaeServiceServicer_to_server(instrument(VaeServicer(operations, settings, metrics)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, *map(health_name, models), *map(health_name, verdict.refused)):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
 
     await operations.start()
-    health_task = asyncio.get_running_loop().create_task(_track_health(backend, health_servicer))
+    health_task = asyncio.get_running_loop().create_task(
+        _track_health(backend, health_servicer, (SERVICE_NAME, *map(health_name, models)))
+    )
     metrics_http, metrics_port = None, None
     if settings.metrics_port >= 0:
         metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_bind_host, metrics.registry)
