@@ -11,6 +11,7 @@ score a.png b.png                        ELBO and log p(x) per image (nats)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,10 @@ import numpy as np
 from PIL import Image
 
 from service.client import VaeClient
+from service.security import SecurityError, read_client_token
 from vaecore.images import save_grid as save
+
+TOKEN_ENV = "VAE_CLIENT_TOKEN"
 
 
 def read_png(path: Path, channels: int) -> np.ndarray:
@@ -43,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="localhost:50051")
     parser.add_argument("--model", default="", help="model name (default: the server's default)")
     parser.add_argument("--seed", type=int)
+    secure = parser.add_argument_group("security (README \"Security\")")
+    secure.add_argument("--tls", action="store_true", help="TLS, verifying the server against the system's roots")
+    secure.add_argument("--tls-ca-file", help="PEM CA bundle to verify the server with (implies TLS)")
+    secure.add_argument("--tls-cert-file", help="PEM client certificate, for mutual TLS (with --tls-key-file)")
+    secure.add_argument("--tls-key-file", help="PEM private key of --tls-cert-file")
+    secure.add_argument("--tls-server-name", help="name the server's certificate must carry (default: the target's)")
+    secure.add_argument("--token-file", help="file whose first token is sent as `authorization: Bearer` "
+                        "(default: env VAE_CLIENT_TOKEN, the token itself)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models")
     sub.add_parser("info")
@@ -79,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        with VaeClient(args.target, args.model) as vae:
+        token = read_client_token(args.token_file) if args.token_file else os.environ.get(TOKEN_ENV) or None
+        client = VaeClient(args.target, args.model, tls=args.tls, tls_ca_file=args.tls_ca_file,
+                           tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
+                           tls_server_name=args.tls_server_name, token=token)  # fmt: skip
+        with client as vae:
             if args.command == "models":
                 for m in vae.list_models():
                     nll = f"{m.test_nll:.2f} nats (k={m.test_nll_samples})" if m.test_nll else "unknown"
@@ -133,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'image':30} {'elbo':>10} {'recon':>10} {'kl':>8} {'log p(x)':>10}")
                 for path, s in zip(args.images, vae.score(inputs, args.samples, args.seed), strict=True):
                     print(f"{path!s:30} {s.elbo:10.2f} {s.reconstruction:10.2f} {s.kl:8.2f} {s.log_likelihood:10.2f}")
+    except SecurityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         return 1

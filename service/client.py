@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
-import grpc
 import numpy as np
 
 from service.codecs import array_to_tensor, tensor_to_array
 from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
+from service.security import client_channel
 
 MESSAGE_LIMIT = 64 * 1024 * 1024
 
@@ -72,9 +73,25 @@ def _endpoint(value: np.ndarray | str) -> vae_pb2.Endpoint:
 
 
 class VaeClient:
-    def __init__(self, target: str, model: str = "", timeout_s: float | None = 60.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        model: str = "",
+        timeout_s: float | None = 60.0,
+        *,
+        tls: bool = False,
+        tls_ca_file: str | Path | None = None,
+        tls_cert_file: str | Path | None = None,
+        tls_key_file: str | Path | None = None,
+        tls_server_name: str | None = None,
+        token: str | None = None,
+    ) -> None:
+        """TLS when `tls` or any `tls_*` file is given (README "Security"): the server verified against
+        `tls_ca_file` (else the system's roots), a client certificate for mutual TLS from `tls_cert_file` and
+        `tls_key_file`; `token` is sent as `authorization: Bearer <token>` on every call."""
         options = [("grpc.max_send_message_length", MESSAGE_LIMIT), ("grpc.max_receive_message_length", MESSAGE_LIMIT)]
-        self._channel = grpc.insecure_channel(target, options=options)
+        self._channel = client_channel(target, options, tls=tls, ca_file=tls_ca_file, cert_file=tls_cert_file,
+                                       key_file=tls_key_file, server_name=tls_server_name, token=token)  # fmt: skip
         self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
         self.model = model
         self.timeout_s = timeout_s

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -20,9 +21,10 @@ from service.api import VaeServicer, instrument
 from service.backends.base import Backend
 from service.config import Settings
 from service.integrity import health_name, servable
-from service.metrics import InstrumentedBackend, ServiceMetrics
+from service.metrics import METHODS, InstrumentedBackend, ServiceMetrics
 from service.operations import BatchingLimits, VaeOperations
 from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
+from service.security import auth_interceptor, describe, server_credentials
 from vaecore.repository import ModelSpec, load_repository
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,16 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
             ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
         ]
     return options
+
+
+def _refused_counter(metrics: ServiceMetrics) -> Callable[[str, str], None]:
+    """Counts a call the auth interceptor refused: the servicer never sees it, yet its client saw UNAUTHENTICATED."""
+
+    def count(service: str, method: str) -> None:
+        if service == SERVICE_NAME and method in METHODS:
+            metrics.requests.labels(method, grpc.StatusCode.UNAUTHENTICATED.name).inc()
+
+    return count
 
 
 @dataclass
@@ -99,6 +111,7 @@ async def _track_health(
 
 async def start_server(settings: Settings, registry: CollectorRegistry | None = None) -> RunningServer:
     """Build and start everything; returns once the gRPC port is bound (health may still be NOT_SERVING)."""
+    credentials = server_credentials(settings)  # a TLS setting that can't work stops us here, in one line
     models = load_repository(settings.model_repository)
     if settings.default_model and settings.default_model not in models:
         raise ValueError(f"default model {settings.default_model!r} is not in {settings.model_repository}")
@@ -106,19 +119,21 @@ async def start_server(settings: Settings, registry: CollectorRegistry | None = 
     verdict = await asyncio.to_thread(servable, models, settings.backend != "triton", settings.default_model)
     models = verdict.served
     metrics = ServiceMetrics(registry or CollectorRegistry())
+    auth = auth_interceptor(settings, on_refused=_refused_counter(metrics))  # tokens read once, here
     backend = InstrumentedBackend(make_backend(settings, models), metrics)
     limits = BatchingLimits(settings.max_batch_size, settings.max_wait_s, settings.max_queue)
     metrics.describe_models(models, settings.backend, settings.max_queue, settings.latent_health)
     operations = VaeOperations(models, backend, limits, metrics.observer, metrics.latent_health, verdict.refused)
 
-    server = grpc.aio.server(options=server_options(settings))
+    server = grpc.aio.server(options=server_options(settings), interceptors=[auth] if auth else None)
     vae_pb2_grpc.add_VaeServiceServicer_to_server(instrument(VaeServicer(operations, settings, metrics)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME, *map(health_name, models), *map(health_name, verdict.refused)):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
 
     await operations.start()
     health_task = asyncio.get_running_loop().create_task(
@@ -130,8 +145,8 @@ async def start_server(settings: Settings, registry: CollectorRegistry | None = 
         metrics_port = metrics_http.server_port
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)  # liveness: the server answers
-    log.info("serving %s on port %d (backend %s, metrics port %s)", ", ".join(models), port, settings.backend,
-             metrics_port)  # fmt: skip
+    log.info("serving %s on port %d (%s; backend %s, metrics port %s)", ", ".join(models), port, describe(settings),
+             settings.backend, metrics_port)  # fmt: skip
     return RunningServer(server, port, metrics_port, operations, health_servicer, metrics, metrics_http, health_task)
 
 
