@@ -1,7 +1,10 @@
-"""The gRPC servicer: proto in, validate, call `VaeOperations`, proto out. No model maths here.
+"""The gRPC servicer: proto in, `RequestParser` (service/requests.py) -> `VaeOperations` -> proto out.
 
-Every method is wrapped once by `_unary` / `_streaming`, which record metrics and turn domain errors into
-gRPC statuses through `errors.status_for`, the single mapping table.
+Every RPC is wrapped once (`rpc_handler`): request bytes that do not parse become INVALID_ARGUMENT instead of
+grpc's UNKNOWN, metrics are recorded (each RPC counted exactly once, with the code its client sees), and domain
+errors become statuses through `errors.status_for`, with `google.rpc.BadRequest` field violations attached to
+INVALID_ARGUMENT. Parsing and reply building move to a worker thread when the payload is big enough to stall
+the event loop.
 """
 
 from __future__ import annotations
@@ -10,28 +13,30 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError, Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from service import codecs
+from service import requests as rq
 from service.config import Settings
 from service.errors import InvalidArgument, ServiceError, status_for
 from service.metrics import ServiceMetrics
-from service.operations import VaeOperations
-from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
+from service.operations import Scores, VaeOperations
+from service.proto_gen.vae.v1 import vae_pb2
 from vaecore.repository import ModelSpec
 
 log = logging.getLogger(__name__)
-MAX_TEMPERATURE = 10.0
-MAX_STEPS = 1024
-MAX_POSTERIOR_SAMPLES = 1024
-MAX_TERMS = 64
+SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VaeService"]
+OFFLOAD_BYTES = 1 << 20  # requests or replies above this are parsed or built in a worker thread
+T = TypeVar("T")
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -39,33 +44,26 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-def _seed(message: Any) -> tuple[int, np.random.Generator]:
-    """The request's seed, or a fresh one; the reply echoes it so the answer can be reproduced."""
-    seed = message.seed.value if message.HasField("seed") else secrets.randbits(63)
-    return seed, np.random.Generator(np.random.PCG64(seed))
+async def _maybe_thread(big: bool, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(fn, *args) if big else fn(*args)
 
 
-def _sample_pixels(options: vae_pb2.OutputOptions) -> bool:
-    if options.mode not in (vae_pb2.DECODE_MODE_UNSPECIFIED, vae_pb2.DECODE_MODE_MEAN, vae_pb2.DECODE_MODE_SAMPLE):
-        raise InvalidArgument("output.mode", f"unknown decode mode {options.mode}")
-    return options.mode == vae_pb2.DECODE_MODE_SAMPLE
+def _images_reply(images: np.ndarray, output: rq.Output) -> vae_pb2.Images:
+    return codecs.images_to_proto(images, output.image_format)
 
 
-def _in_range(value: float, field: str, low: float, high: float) -> None:
-    if not (math.isfinite(value) and low <= value <= high):
-        raise InvalidArgument(field, f"must be between {low:g} and {high:g}, got {value:g}")
+class VaeServicer:
+    """One method per RPC, each three steps: parse (validate everything), operate, shape the reply."""
 
-
-class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     def __init__(self, operations: VaeOperations, settings: Settings, metrics: ServiceMetrics) -> None:
         self.ops = operations
         self.settings = settings
         self.metrics = metrics
         self.default_model = settings.default_model or sorted(operations.models)[0]
-        self.backend_name = settings.backend
+        self.parse = rq.RequestParser(settings, operations.model, self.default_model)
 
-    def _model(self, name: str) -> ModelSpec:
-        return self.ops.model(name or self.default_model)
+    async def _parse(self, parse: Callable[[Any], T], request: Message) -> T:
+        return await _maybe_thread(request.ByteSize() > OFFLOAD_BYTES, parse, request)
 
     def _info(self, model: ModelSpec) -> vae_pb2.ModelInfo:
         return vae_pb2.ModelInfo(
@@ -78,35 +76,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             dataset=model.dataset,
             test_nll=model.test_nll,
             test_nll_samples=model.test_nll_samples,
-            backend=self.backend_name,
+            backend=self.settings.backend,
         )
-
-    def _images(self, images: vae_pb2.Images, model: ModelSpec, field: str = "images") -> np.ndarray:
-        return codecs.images_from_proto(images, model.image_shape, self.settings.max_items, field)
-
-    def _count(self, n: int, field: str) -> None:
-        if not 1 <= n <= self.settings.max_items:
-            raise InvalidArgument(field, f"must be between 1 and {self.settings.max_items}, got {n}")
-
-    async def _endpoint(
-        self, endpoint: vae_pb2.Endpoint, model: ModelSpec, field: str, deadline: float | None, attributes: bool
-    ) -> np.ndarray:
-        """One latent [D] from an image (its posterior mean), a raw latent, or a named attribute vector."""
-        kind = endpoint.WhichOneof("value")
-        if kind == "image":
-            images = self._images(endpoint.image, model, f"{field}.image")
-            if len(images) != 1:
-                raise InvalidArgument(f"{field}.image", f"must hold exactly one image, got {len(images)}")
-            mu, _ = await self.ops.posterior(model, images, deadline)
-            return mu[0]
-        if kind == "latent":
-            latents = codecs.latents_from_proto(endpoint.latent, model.latent_dim, 1, f"{field}.latent")
-            return latents[0]
-        if kind == "attribute":
-            if not attributes:
-                raise InvalidArgument(field, "an attribute is a direction, not a point: use an image or a latent")
-            return self.ops.attribute(model, endpoint.attribute)
-        raise InvalidArgument(field, "is required: set image, latent or attribute")
 
     # --- RPCs ----------------------------------------------------------------------------------------
 
@@ -115,177 +86,129 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         return vae_pb2.ListModelsResponse(models=models, default_model=self.default_model)
 
     async def GetModelInfo(self, request, context):  # type: ignore[no-untyped-def]
-        return vae_pb2.GetModelInfoResponse(info=self._info(self._model(request.model)))
+        return vae_pb2.GetModelInfoResponse(info=self._info(self.parse.model(request.model)))
 
     async def Encode(self, request, context):  # type: ignore[no-untyped-def]
-        model = self._model(request.model)
-        images = self._images(request.images, model)
-        k = request.samples_per_image
-        if not 0 <= k <= MAX_POSTERIOR_SAMPLES:
-            raise InvalidArgument("samples_per_image", f"must be between 0 and {MAX_POSTERIOR_SAMPLES}, got {k}")
-        seed, rng = _seed(request)
-        mu, logvar, samples = await self.ops.encode(model, images, k, rng, _deadline(context))
-        self.metrics.items.labels("Encode").inc(len(images))
-        reply = vae_pb2.EncodeResponse(
-            mean=codecs.array_to_tensor(mu), log_variance=codecs.array_to_tensor(logvar), seed=seed, model=model.name
-        )
-        if samples is not None:
-            reply.samples.CopyFrom(codecs.array_to_tensor(samples))
-        return reply
+        req = await self._parse(self.parse.encode, request)
+        mu, logvar, samples = await self.ops.encode(req, _deadline(context))
+        self.metrics.items.labels("Encode").inc(len(mu))
+        big = (mu.size + (0 if samples is None else samples.size)) * 4 > OFFLOAD_BYTES
+        return await _maybe_thread(big, _encode_reply, mu, logvar, samples, req)
 
     async def Decode(self, request, context):  # type: ignore[no-untyped-def]
-        model = self._model(request.model)
-        latents = codecs.latents_from_proto(request.latents, model.latent_dim, self.settings.max_items, "latents")
-        seed, rng = _seed(request)
-        images = await self.ops.decode(model, latents, _sample_pixels(request.output), rng, _deadline(context))
+        req = await self._parse(self.parse.decode, request)
+        images = await self.ops.decode(req, _deadline(context))
         self.metrics.items.labels("Decode").inc(len(images))
-        return vae_pb2.DecodeResponse(
-            images=codecs.images_to_proto(images, request.output.format), seed=seed, model=model.name
-        )
+        reply = await _maybe_thread(images.nbytes > OFFLOAD_BYTES, _images_reply, images, req.output)
+        return vae_pb2.DecodeResponse(images=reply, seed=req.seed, model=req.model.name)
 
     async def Reconstruct(self, request, context):  # type: ignore[no-untyped-def]
-        model = self._model(request.model)
-        images = self._images(request.images, model)
-        seed, rng = _seed(request)
-        out, latents = await self.ops.reconstruct(
-            model, images, request.sample_latent, _sample_pixels(request.output), rng, _deadline(context)
-        )
+        req = await self._parse(self.parse.reconstruct, request)
+        images, latents = await self.ops.reconstruct(req, _deadline(context))
         self.metrics.items.labels("Reconstruct").inc(len(images))
+        reply = await _maybe_thread(images.nbytes > OFFLOAD_BYTES, _images_reply, images, req.output)
         return vae_pb2.ReconstructResponse(
-            images=codecs.images_to_proto(out, request.output.format),
-            latents=codecs.array_to_tensor(latents),
-            seed=seed,
-            model=model.name,
+            images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
         )
-
-    def _temperature(self, request: Any) -> float:
-        temperature = request.temperature or 1.0
-        _in_range(temperature, "temperature", 0.0, MAX_TEMPERATURE)
-        return float(temperature)
 
     async def Sample(self, request, context):  # type: ignore[no-untyped-def]
-        model = self._model(request.model)
-        self._count(request.n, "n")
-        temperature = self._temperature(request)
-        seed, rng = _seed(request)
-        images, latents = await self.ops.sample(
-            model, request.n, temperature, _sample_pixels(request.output), rng, _deadline(context)
-        )
+        req = await self._parse(self.parse.sample, request)
+        images, latents = await self.ops.sample(req, _deadline(context))
         self.metrics.items.labels("Sample").inc(len(images))
+        reply = await _maybe_thread(images.nbytes > OFFLOAD_BYTES, _images_reply, images, req.output)
         return vae_pb2.SampleResponse(
-            images=codecs.images_to_proto(images, request.output.format),
-            latents=codecs.array_to_tensor(latents),
-            seed=seed,
-            model=model.name,
+            images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
         )
 
     async def SampleStream(self, request, context):  # type: ignore[no-untyped-def]
         """Chunks decode one after another, so a client reading slowly holds back generation (flow control)."""
-        model = self._model(request.model)
-        limit = self.settings.max_items * 256
-        if not 1 <= request.n <= limit:
-            raise InvalidArgument("n", f"must be between 1 and {limit}, got {request.n}")
-        chunk = request.chunk_size or self.settings.stream_chunk
-        if not 1 <= chunk <= self.settings.max_items:
-            raise InvalidArgument("chunk_size", f"must be between 1 and {self.settings.max_items}, got {chunk}")
-        temperature = self._temperature(request)
-        sample = _sample_pixels(request.output)
-        seed, rng = _seed(request)
-        for offset in range(0, request.n, chunk):
-            count = min(chunk, request.n - offset)
-            images, latents = await self.ops.sample(model, count, temperature, sample, rng, _deadline(context))
-            self.metrics.items.labels("SampleStream").inc(count)
+        req = await self._parse(self.parse.sample_stream, request)
+        async for offset, images, latents in self.ops.sample_chunks(req, _deadline(context)):
+            self.metrics.items.labels("SampleStream").inc(len(images))
+            reply = await _maybe_thread(images.nbytes > OFFLOAD_BYTES, _images_reply, images, req.output)
             yield vae_pb2.SampleStreamResponse(
-                images=codecs.images_to_proto(images, request.output.format),
-                latents=codecs.array_to_tensor(latents),
-                offset=offset,
-                seed=seed,
-                model=model.name,
-            )
+                images=reply, latents=codecs.array_to_tensor(latents), offset=offset, seed=req.seed,
+                model=req.model.name,
+            )  # fmt: skip
 
     async def Interpolate(self, request, context):  # type: ignore[no-untyped-def]
-        model = self._model(request.model)
-        if not 2 <= request.steps <= MAX_STEPS:
-            raise InvalidArgument(
-                "steps", f"must be between 2 and {MAX_STEPS} (endpoints included), got {request.steps}"
-            )
-        methods = (
-            vae_pb2.INTERPOLATION_METHOD_UNSPECIFIED,
-            vae_pb2.INTERPOLATION_METHOD_LINEAR,
-            vae_pb2.INTERPOLATION_METHOD_SPHERICAL,
-        )
-        if request.method not in methods:
-            raise InvalidArgument("method", f"unknown interpolation method {request.method}")
-        deadline = _deadline(context)
-        start = await self._endpoint(request.start, model, "start", deadline, attributes=False)
-        end = await self._endpoint(request.end, model, "end", deadline, attributes=False)
-        seed, rng = _seed(request)
-        spherical = request.method != vae_pb2.INTERPOLATION_METHOD_LINEAR
-        images, latents = await self.ops.interpolate(
-            model, start, end, request.steps, spherical, _sample_pixels(request.output), rng, deadline
-        )
+        req = await self._parse(self.parse.interpolate, request)
+        images, latents = await self.ops.interpolate(req, _deadline(context))
         self.metrics.items.labels("Interpolate").inc(len(images))
+        reply = await _maybe_thread(images.nbytes > OFFLOAD_BYTES, _images_reply, images, req.output)
         return vae_pb2.InterpolateResponse(
-            images=codecs.images_to_proto(images, request.output.format),
-            latents=codecs.array_to_tensor(latents),
-            seed=seed,
-            model=model.name,
+            images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
         )
 
     async def Arithmetic(self, request, context):  # type: ignore[no-untyped-def]
-        model = self._model(request.model)
-        if not 1 <= len(request.terms) <= MAX_TERMS:
-            raise InvalidArgument("terms", f"must hold between 1 and {MAX_TERMS} terms, got {len(request.terms)}")
-        deadline = _deadline(context)
-        weights, vectors = [], []
-        for index, term in enumerate(request.terms):
-            _in_range(term.weight, f"terms[{index}].weight", -1e3, 1e3)
-            weights.append(term.weight)
-            vectors.append(await self._endpoint(term.value, model, f"terms[{index}].value", deadline, attributes=True))
-        seed, rng = _seed(request)
-        images, latent = await self.ops.arithmetic(
-            model, weights, vectors, _sample_pixels(request.output), rng, deadline
-        )
+        req = await self._parse(self.parse.arithmetic, request)
+        images, latent = await self.ops.arithmetic(req, _deadline(context))
         self.metrics.items.labels("Arithmetic").inc(1)
         return vae_pb2.ArithmeticResponse(
-            images=codecs.images_to_proto(images, request.output.format),
-            latent=codecs.array_to_tensor(latent),
-            seed=seed,
-            model=model.name,
-        )
+            images=_images_reply(images, req.output), latent=codecs.array_to_tensor(latent), seed=req.seed,
+            model=req.model.name,
+        )  # fmt: skip
 
     async def Score(self, request, context):  # type: ignore[no-untyped-def]
-        model = self._model(request.model)
-        images = self._images(request.images, model)
-        k = request.importance_samples or self.settings.default_score_samples
-        if not 1 <= k <= self.settings.max_score_samples:
-            raise InvalidArgument(
-                "importance_samples", f"must be between 1 and {self.settings.max_score_samples}, got {k}"
-            )
-        if len(images) * k > self.settings.max_score_rows:
-            raise InvalidArgument(
-                "importance_samples",
-                f"images x samples = {len(images) * k} exceeds the limit of "
-                f"{self.settings.max_score_rows} per request; send fewer images or samples",
-            )
-        seed, rng = _seed(request)
-        scores = await self.ops.score(model, images, k, rng, _deadline(context))
-        self.metrics.items.labels("Score").inc(len(images))
-        rows = zip(scores.elbo, scores.reconstruction, scores.kl, scores.log_likelihood, strict=True)
-        return vae_pb2.ScoreResponse(
-            scores=[vae_pb2.ImageScore(elbo=e, reconstruction=r, kl=kl, log_likelihood=ll) for e, r, kl, ll in rows],
-            importance_samples=k,
-            seed=seed,
-            model=model.name,
-        )
+        req = await self._parse(self.parse.score, request)
+        scores = await self.ops.score(req, _deadline(context))
+        self.metrics.items.labels("Score").inc(len(scores.elbo))
+        return _score_reply(scores, req)
 
 
-async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
-    """Abort the RPC with the status the error maps to; unexpected errors are logged with their traceback."""
-    code, message = status_for(exc)
-    if not isinstance(exc, ServiceError):
-        log.exception("%s failed", method)
-    await context.abort(code, message)  # raises: the RPC ends here
+def _encode_reply(
+    mu: np.ndarray, logvar: np.ndarray, samples: np.ndarray | None, req: rq.Encode
+) -> vae_pb2.EncodeResponse:
+    reply = vae_pb2.EncodeResponse(
+        mean=codecs.array_to_tensor(mu), log_variance=codecs.array_to_tensor(logvar), seed=req.seed,
+        model=req.model.name,
+    )  # fmt: skip
+    if samples is not None:
+        reply.samples.CopyFrom(codecs.array_to_tensor(samples))
+    return reply
+
+
+def _score_reply(scores: Scores, req: rq.Score) -> vae_pb2.ScoreResponse:
+    rows = zip(scores.elbo, scores.reconstruction, scores.kl, scores.log_likelihood, strict=True)
+    return vae_pb2.ScoreResponse(
+        scores=[vae_pb2.ImageScore(elbo=e, reconstruction=r, kl=kl, log_likelihood=ll) for e, r, kl, ll in rows],
+        importance_samples=req.samples,
+        seed=req.seed,
+        model=req.model.name,
+    )
+
+
+# --- the wrapper around every RPC ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unparseable:
+    """Stands in for a request whose bytes are not a valid message, so the RPC is refused (and counted) like any
+    other bad request rather than failing inside grpc with UNKNOWN."""
+
+    type_name: str
+    reason: str
+
+
+def _tolerant(message_type: type[Message]) -> Callable[[bytes], Message | Unparseable]:
+    def deserialize(data: bytes) -> Message | Unparseable:
+        try:
+            return message_type.FromString(data)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            return Unparseable(message_type.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+def _rich_status(code: grpc.StatusCode, message: str, error: Exception) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying a google.rpc.Status; for INVALID_ARGUMENT with a BadRequest field violation."""
+    status = status_pb2.Status(code=getattr(code_pb2, code.name, code_pb2.UNKNOWN), message=message)
+    if isinstance(error, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.problem)
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        status.details.append(detail)
+    return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 @contextlib.asynccontextmanager
@@ -308,13 +231,22 @@ async def _observed(method: str, metrics: ServiceMetrics, context: grpc.aio.Serv
         metrics.requests.labels(method, code.name).inc()
         metrics.latency.labels(method).observe(time.perf_counter() - started)
     if failure is not None:
-        await _fail(context, method, failure)
+        code, message = status_for(failure)
+        if not isinstance(failure, ServiceError):
+            log.error("%s failed", method, exc_info=failure)
+        await context.abort(code, message, trailing_metadata=_rich_status(code, message, failure))
+
+
+def _check_parsed(request: Any) -> None:
+    if isinstance(request, Unparseable):
+        raise InvalidArgument("request", f"is not a valid {request.type_name} message ({request.reason})")
 
 
 def _unary(method: str, handler: Callable[..., Any], metrics: ServiceMetrics) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _observed(method, metrics, context):
+            _check_parsed(request)
             return await handler(request, context)
 
     return wrapper
@@ -324,16 +256,28 @@ def _streaming(method: str, handler: Callable[..., AsyncIterator[Any]], metrics:
     @functools.wraps(handler)
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _observed(method, metrics, context):
+            _check_parsed(request)
             async for message in handler(request, context):
                 yield message
 
     return wrapper
 
 
-def instrument(servicer: VaeServicer) -> VaeServicer:
-    """Wrap every RPC of the servicer with metrics and the error-to-status mapping."""
-    for method in vae_pb2.DESCRIPTOR.services_by_name["VaeService"].methods:
+def rpc_handler(servicer: VaeServicer) -> grpc.GenericRpcHandler:
+    """Every RPC of `vae.v1.VaeService`, instrumented, with tolerant request deserializers."""
+    handlers = {}
+    for method in SERVICE.methods:
+        request_type = getattr(vae_pb2, method.input_type.name)
+        response_type = getattr(vae_pb2, method.output_type.name)
         handler = getattr(servicer, method.name)
-        wrap = _streaming if method.server_streaming else _unary
-        setattr(servicer, method.name, wrap(method.name, handler, servicer.metrics))
-    return servicer
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _streaming(method.name, handler, servicer.metrics),
+                request_deserializer=_tolerant(request_type), response_serializer=response_type.SerializeToString,
+            )  # fmt: skip
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(method.name, handler, servicer.metrics),
+                request_deserializer=_tolerant(request_type), response_serializer=response_type.SerializeToString,
+            )  # fmt: skip
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

@@ -7,6 +7,7 @@ Tensors travel as little-endian bytes; conversion is one `np.frombuffer` per mes
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -21,15 +22,24 @@ _DTYPES: dict[int, np.dtype] = {vae_pb2.ELEMENT_TYPE_FLOAT32: FLOAT32, vae_pb2.E
 _ELEMENT_TYPES: dict[np.dtype, Any] = {FLOAT32: vae_pb2.ELEMENT_TYPE_FLOAT32, UINT8: vae_pb2.ELEMENT_TYPE_UINT8}
 
 
+MAX_TENSOR_RANK = 8
+
+
 def tensor_to_array(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:
-    """A read-only view of the tensor's bytes with its declared shape and dtype, checked for consistency."""
+    """A read-only view of the tensor's bytes with its declared shape and dtype, checked for consistency.
+
+    The byte count is computed with Python integers, so a shape whose size overflows 64 bits is refused as
+    inconsistent with the data like any other, never crashes numpy.
+    """
     dtype = _DTYPES.get(tensor.dtype)
     if dtype is None:
         raise InvalidArgument(f"{field}.dtype", "must be ELEMENT_TYPE_FLOAT32 or ELEMENT_TYPE_UINT8")
     shape = tuple(int(d) for d in tensor.shape)
-    if not shape or any(d < 0 for d in shape):
-        raise InvalidArgument(f"{field}.shape", f"must be non-empty and non-negative, got {list(shape)}")
-    expected = int(np.prod(shape)) * dtype.itemsize
+    if not shape or len(shape) > MAX_TENSOR_RANK or any(d < 0 for d in shape):
+        raise InvalidArgument(
+            f"{field}.shape", f"must have 1 to {MAX_TENSOR_RANK} non-negative dimensions, got {list(shape)}"
+        )
+    expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidArgument(
             f"{field}.data", f"has {len(tensor.data)} bytes; shape {list(shape)} of {dtype.name} needs {expected}"
@@ -78,28 +88,55 @@ def images_from_proto(
 def _images_from_png(
     png: vae_pb2.PngImages, image_shape: tuple[int, int, int], max_items: int, field: str
 ) -> np.ndarray:
-    c, h, w = image_shape
     _check_count(len(png.images), field, max_items)
-    mode = "L" if c == 1 else "RGB"
-    out = np.empty((len(png.images), c, h, w), dtype=np.float32)
+    out = np.empty((len(png.images), *image_shape), dtype=np.float32)
     for index, data in enumerate(png.images):
-        try:
-            with Image.open(io.BytesIO(data)) as picture:
-                if picture.format != "PNG":
-                    raise InvalidArgument(f"{field}[{index}]", f"must be PNG, got {picture.format}")
-                pixels = np.asarray(picture.convert(mode), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise InvalidArgument(f"{field}[{index}]", f"is not a readable PNG file ({exc})") from exc
-        if pixels.shape[:2] != (h, w):
-            raise InvalidArgument(
-                f"{field}[{index}]", f"is {pixels.shape[1]}x{pixels.shape[0]}; the model takes {w}x{h}"
-            )
-        out[index] = (pixels.reshape(h, w, c).transpose(2, 0, 1)).astype(np.float32) / 255.0
+        out[index] = decode_png(data, image_shape, f"{field}[{index}]")
     return out
 
 
-def latents_from_proto(tensor: vae_pb2.Tensor, latent_dim: int, max_items: int, field: str) -> np.ndarray:
-    """float32 [N, latent_dim]; a single latent may also come as [latent_dim]."""
+# PNG modes accepted, and how each becomes pixels in [0, 1]: 8-bit values / 255, 16-bit values / 65535; palette
+# images through their palette; alpha is ignored (the colour channels are used as they are); grayscale becomes
+# RGB by repeating it, RGB becomes grayscale by ITU-R 601 luma (Pillow's "L" conversion).
+PNG_MODES = ("1", "L", "LA", "I;16", "I;16B", "I", "P", "PA", "RGB", "RGBA")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I")
+
+
+def decode_png(data: bytes, image_shape: tuple[int, int, int], field: str) -> np.ndarray:
+    """float32 [C, H, W] in [0, 1]. The header is read first: a file of the wrong size or mode is refused before
+    a single pixel is decoded (so a PNG claiming millions of pixels costs nothing)."""
+    c, h, w = image_shape
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as picture:
+            if picture.size != (w, h):
+                width, height = picture.size
+                raise InvalidArgument(field, f"is {width}x{height}; the model takes {w}x{h}")
+            if picture.mode not in PNG_MODES:
+                raise InvalidArgument(field, f"has PNG mode {picture.mode}; accepted: {', '.join(PNG_MODES)}")
+            return _png_pixels(picture, c)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidArgument(field, f"is not a readable PNG file ({type(exc).__name__}: {exc})") from exc
+
+
+def _png_pixels(picture: Image.Image, channels: int) -> np.ndarray:
+    mode = picture.mode
+    if mode in _SIXTEEN_BIT:
+        gray = np.asarray(picture, dtype=np.float32) / np.float32(65535.0)
+        if gray.min() < 0.0 or gray.max() > 1.0:
+            raise ValueError(f"{mode} pixel values outside the 16-bit range")
+        return gray[None] if channels == 1 else np.repeat(gray[None], 3, axis=0)
+    if mode in ("LA", "PA"):
+        picture = picture.convert("L" if mode == "LA" else "RGB")
+    target = "L" if channels == 1 else "RGB"
+    pixels = np.asarray(picture.convert(target), dtype=np.float32) / np.float32(255.0)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def latents_from_proto(
+    tensor: vae_pb2.Tensor, latent_dim: int, max_items: int, field: str, max_abs: float = math.inf
+) -> np.ndarray:
+    """float32 [N, latent_dim]; a single latent may also come as [latent_dim]. Components must be finite and at
+    most `max_abs` in size: the decoder of a finite but huge latent can overflow to NaN."""
     if not tensor.shape and not tensor.data:
         raise InvalidArgument(field, "is required")
     array = tensor_to_array(tensor, field)
@@ -112,6 +149,9 @@ def latents_from_proto(tensor: vae_pb2.Tensor, latent_dim: int, max_items: int, 
     _check_count(array.shape[0], f"{field}.shape[0]", max_items)
     if not np.isfinite(array).all():
         raise InvalidArgument(f"{field}.data", "must be finite (found NaN or infinity)")
+    largest = float(np.abs(array).max())
+    if largest > max_abs:
+        raise InvalidArgument(f"{field}.data", f"has a component of size {largest:g}; the limit is {max_abs:g}")
     return array
 
 

@@ -28,6 +28,13 @@ class Settings:
     max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
     max_queue: int = 1024  # requests waiting per model and network before RESOURCE_EXHAUSTED
     max_items: int = 4096  # images or latents in one request
+    max_posterior_samples: int = 1024  # Encode's samples_per_image
+    max_temperature: float = 10.0  # Sample's prior temperature
+    max_interpolation_steps: int = 1024  # Interpolate's steps, endpoints included
+    max_terms: int = 64  # Arithmetic's terms
+    max_weight_abs: float = 1000.0  # |weight| of an Arithmetic term
+    max_latent_abs: float = 1000.0  # |component| of a latent a client sends (the prior's mass lies within ~5)
+    max_stream_items: int = 1048576  # SampleStream's n
     max_message_mb: int = 64  # gRPC send/receive message limit
     default_score_samples: int = 100  # importance samples of Score when the request says 0
     max_score_samples: int = 5000  # most importance samples per image in Score

@@ -13,14 +13,16 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from service.backends.base import Backend
 from service.config import Settings
 from service.proto_gen.vae.v1 import vae_pb2_grpc
 from service.server import RunningServer, start_server
 
 
 class ServerThread:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         self.settings = settings
+        self.backend = backend  # None: the one the settings name
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.running: RunningServer | None = None
@@ -30,7 +32,7 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self.thread.start()
-        self.running = self.call(start_server(self.settings, CollectorRegistry()))
+        self.running = self.call(start_server(self.settings, CollectorRegistry(), self.backend))
         return self
 
     def stop(self, grace_s: float = 5.0) -> None:
@@ -46,8 +48,8 @@ class ServerThread:
 
 
 @contextmanager
-def serving(settings: Settings) -> Iterator[ServerThread]:
-    server = ServerThread(settings).start()
+def serving(settings: Settings, backend: Backend | None = None) -> Iterator[ServerThread]:
+    server = ServerThread(settings, backend).start()
     try:
         yield server
     finally:

@@ -21,6 +21,8 @@ from vaecore.repository import ModelSpec
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# event-loop lag: an idle loop sits in the first bucket; the health-check budget is 0.1 s
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = tuple(m.name for m in vae_pb2.DESCRIPTOR.services_by_name["VaeService"].methods)
 NETWORKS = ("encoder", "decoder")
 
@@ -54,6 +56,8 @@ class ServiceMetrics:
         self.model_info = Gauge("vae_model_info", "served models (value 1)", info_labels, registry=registry)
         self.test_nll = Gauge("vae_model_test_nll_nats", "test NLL stored in the model's metadata, nats", ["model"],
                               registry=registry)  # fmt: skip
+        self.loop_lag = Histogram("vae_event_loop_lag_seconds", "how late the event loop woke from a timer",
+                                  buckets=LOOP_LAG_BUCKETS, registry=registry)  # fmt: skip
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         self.latent_health: LatentHealth | None = None

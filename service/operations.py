@@ -1,27 +1,30 @@
-"""What the service does, without gRPC: validate-free domain operations on numpy arrays.
+"""What the service does, without gRPC: domain requests (already validated by service/requests.py) in, numpy out.
 
 Every backend call goes through a per-model, per-network `DynamicBatcher`; requests larger than the batch
-size are split into chunks that run concurrently and are joined in order. All randomness comes from the
-`np.random.Generator` the caller passes (seeded per request), so results do not depend on batch-mates.
+size are split into chunks that run concurrently and are joined in order. All randomness comes from one
+generator seeded by the request, so results do not depend on batch-mates. Numpy work big enough to stall the
+event loop runs in a worker thread (`offload`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from service import requests as rq
 from service.backends.base import Backend
 from service.batching import BatchObserver, DynamicBatcher
-from service.errors import FailedPrecondition, InvalidArgument, NotFound
+from service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from service.latent import interpolate, posterior_kl, prior_latents, weighted_sum
 from vaecore.repository import ModelSpec
 
 LOG_2PI = math.log(2.0 * math.pi)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class BatchingLimits:
     max_batch_size: int = 64
     max_wait_s: float = 0.002
     max_queue: int = 1024
+    score_chunk_rows: int = 8192
 
 
 @dataclass(frozen=True)
@@ -47,10 +51,6 @@ class LatentObserver(Protocol):
     def log_likelihood(self, model: str, values: np.ndarray) -> None: ...
 
 
-# A term of latent arithmetic after the API layer has parsed it: (weight, latent [D]) or (weight, attribute name)
-Term = tuple[float, np.ndarray | str]
-
-
 class VaeOperations:
     def __init__(
         self,
@@ -64,6 +64,7 @@ class VaeOperations:
         self.models = models
         self.backend = backend
         self.limits = limits
+        self.score_chunk_rows = max(limits.score_chunk_rows, limits.max_batch_size)
         self._observer = observer or (lambda model, network: BatchObserver())
         self._latent = latent_observer
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
@@ -126,87 +127,133 @@ class VaeOperations:
             self._latent.posterior(model.name, mu, logvar)
         return mu, logvar
 
-    async def decode(
-        self,
-        model: ModelSpec,
-        latents: np.ndarray,
-        sample: bool,
-        rng: np.random.Generator,
-        deadline: float | None = None,
+    # --- the operations (domain requests in, numpy out) ---------------------------------------------
+
+    async def encode(self, req: rq.Encode, deadline: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        mu, logvar = await self.posterior(req.model, req.images, deadline)
+        if req.samples == 0:
+            return mu, logvar, None
+        rng = _rng(req.seed)
+        return mu, logvar, await offload(_posterior_samples, rng, mu, logvar, req.samples, work=mu.size * req.samples)
+
+    async def decode(self, req: rq.Decode, deadline: float | None) -> np.ndarray:
+        return await self.render(req.model, req.latents, req.output.sample_pixels, _rng(req.seed), deadline)
+
+    async def render(
+        self, model: ModelSpec, latents: np.ndarray, sample: bool, rng: np.random.Generator, deadline: float | None
     ) -> np.ndarray:
         """Images [N, C, H, W] in [0, 1]: the decoder's mean, or a sample from p(x|z)."""
         mean, _ = await self._batched(model, "decoder", latents, deadline)
-        return sample_pixels(model, mean, rng) if sample else mean
+        _require_finite(mean, model, "decoder")
+        return await offload(sample_pixels, model, mean, rng, work=mean.size) if sample else mean
 
-    # --- the operations ----------------------------------------------------------------------------
+    async def reconstruct(self, req: rq.Reconstruct, deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
+        rng = _rng(req.seed)
+        mu, logvar = await self.posterior(req.model, req.images, deadline)
+        latents = _posterior_samples(rng, mu, logvar, 1)[:, 0] if req.sample_latent else mu
+        return await self.render(req.model, latents, req.output.sample_pixels, rng, deadline), latents
 
-    async def encode(
-        self, model: ModelSpec, images: np.ndarray, samples: int, rng: np.random.Generator, deadline: float | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        mu, logvar = await self.posterior(model, images, deadline)
-        if samples == 0:
-            return mu, logvar, None
-        noise = rng.standard_normal((len(mu), samples, model.latent_dim), dtype=np.float32)
-        return mu, logvar, (mu[:, None] + np.exp(0.5 * logvar)[:, None] * noise).astype(np.float32)
+    async def sample(self, req: rq.Sample, deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
+        async for _, images, latents in self.sample_chunks(req, deadline):
+            return images, latents
+        raise AssertionError("a validated Sample request has n >= 1")
 
-    async def reconstruct(
-        self, model: ModelSpec, images: np.ndarray, sample_latent: bool, sample_pixels_: bool,
-        rng: np.random.Generator, deadline: float | None,
-    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        mu, _, samples = await self.encode(model, images, 1 if sample_latent else 0, rng, deadline)
-        latents = samples[:, 0] if samples is not None else mu
-        return await self.decode(model, latents, sample_pixels_, rng, deadline), latents
+    async def sample_chunks(
+        self, req: rq.Sample, deadline: float | None
+    ) -> AsyncIterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(offset, images, latents) chunk after chunk, all drawn from one generator seeded by the request."""
+        rng = _rng(req.seed)
+        for offset in range(0, req.n, req.chunk):
+            count = min(req.chunk, req.n - offset)
+            latents = prior_latents(rng, count, req.model.latent_dim, req.temperature)
+            yield offset, await self.render(req.model, latents, req.output.sample_pixels, rng, deadline), latents
 
-    async def sample(
-        self, model: ModelSpec, n: int, temperature: float, sample_pixels_: bool,
-        rng: np.random.Generator, deadline: float | None,
-    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        latents = prior_latents(rng, n, model.latent_dim, temperature)
-        return await self.decode(model, latents, sample_pixels_, rng, deadline), latents
+    async def points(self, model: ModelSpec, points: rq.Points, deadline: float | None) -> list[np.ndarray]:
+        """The latents a request named, its images replaced by their posterior means, encoded in one call."""
+        if points.images is None:
+            return [item for item in points.items if not isinstance(item, int)]
+        means, _ = await self.posterior(model, points.images, deadline)
+        return [means[item] if isinstance(item, int) else item for item in points.items]
 
-    async def interpolate(
-        self, model: ModelSpec, start: np.ndarray, end: np.ndarray, steps: int, spherical: bool,
-        sample_pixels_: bool, rng: np.random.Generator, deadline: float | None,
-    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        latents = interpolate(start, end, steps, spherical)
-        return await self.decode(model, latents, sample_pixels_, rng, deadline), latents
+    async def interpolate(self, req: rq.Interpolate, deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
+        start, end = await self.points(req.model, req.ends, deadline)
+        latents = interpolate(start, end, req.steps, req.spherical)
+        return await self.render(req.model, latents, req.output.sample_pixels, _rng(req.seed), deadline), latents
 
-    def attribute(self, model: ModelSpec, name: str) -> np.ndarray:
-        vector = model.attributes.get(name)
-        if vector is None:
-            known = ", ".join(sorted(model.attributes)) or "none"
-            raise NotFound(f"model {model.name!r} has no attribute {name!r}; it has: {known}")
-        return vector
+    async def arithmetic(self, req: rq.Arithmetic, deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
+        vectors = await self.points(req.model, req.terms, deadline)
+        latent = weighted_sum(np.asarray(req.weights, np.float32), np.stack(vectors))[None]
+        if not np.isfinite(latent).all():
+            raise InvalidArgument("terms", "the weighted sum of the terms overflows float32; use smaller weights")
+        return await self.render(req.model, latent, req.output.sample_pixels, _rng(req.seed), deadline), latent
 
-    async def arithmetic(
-        self, model: ModelSpec, weights: list[float], vectors: list[np.ndarray], sample_pixels_: bool,
-        rng: np.random.Generator, deadline: float | None,
-    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        latent = weighted_sum(np.asarray(weights, np.float32), np.stack(vectors))[None]
-        return await self.decode(model, latent, sample_pixels_, rng, deadline), latent
-
-    async def score(
-        self, model: ModelSpec, images: np.ndarray, samples: int, rng: np.random.Generator, deadline: float | None
-    ) -> Scores:
+    async def score(self, req: rq.Score, deadline: float | None) -> Scores:
         """Per image: ELBO = E_q[log p(x|z)] - KL (analytic), and log p(x) ~= log mean_k p(x, z_k) / q(z_k|x),
-        both from the same k samples z_k ~ q(z|x)."""
-        mu, logvar = await self.posterior(model, images, deadline)
+        both from the same k samples z_k ~ q(z|x). The images x samples rows are decoded and scored in chunks
+        of `score_chunk_rows`, the maths in a worker thread: memory is bounded and the event loop stays free."""
+        model, k = req.model, req.samples
+        mu, logvar = await self.posterior(model, req.images, deadline)
         n, d = mu.shape
-        eps = rng.standard_normal((n, samples, d), dtype=np.float32)
-        z = mu[:, None] + np.exp(0.5 * logvar)[:, None] * eps
-        _, logits = await self._batched(model, "decoder", z.reshape(n * samples, d), deadline)
-        logits = logits.reshape(n, samples, *images.shape[1:])
-        log_px_z = log_likelihood(model, images[:, None], logits)  # [n, samples]
-        log_pz = -0.5 * (LOG_2PI + z.astype(np.float64) ** 2).sum(-1)
-        log_qz = -0.5 * (LOG_2PI + logvar[:, None] + eps.astype(np.float64) ** 2).sum(-1)
-        log_w = log_px_z + log_pz - log_qz
-        top = log_w.max(axis=1, keepdims=True)
-        log_likelihood_ = (top[:, 0] + np.log(np.exp(log_w - top).mean(axis=1))).astype(np.float64)
+        eps = _rng(req.seed).standard_normal((n, k, d), dtype=np.float32).reshape(n * k, d)
+        rows = np.repeat(np.arange(n), k)
+        log_px_z = np.empty(n * k, np.float64)
+        log_w = np.empty(n * k, np.float64)
+        for start in range(0, n * k, self.score_chunk_rows):
+            part = slice(start, min(start + self.score_chunk_rows, n * k))
+            z = mu[rows[part]] + np.exp(0.5 * logvar[rows[part]]) * eps[part]
+            _, logits = await self._batched(model, "decoder", z, deadline)
+            _require_finite(logits, model, "decoder")
+            log_px_z[part], log_w[part] = await offload(
+                _log_weights, model, req.images[rows[part]], logits, z, logvar[rows[part]], eps[part], work=logits.size
+            )
+        log_likelihood_ = _log_mean_exp(log_w.reshape(n, k))
         kl = posterior_kl(mu, logvar)
-        reconstruction = log_px_z.mean(axis=1)
+        reconstruction = log_px_z.reshape(n, k).mean(axis=1)
         if self._latent is not None:
             self._latent.log_likelihood(model.name, log_likelihood_)
         return Scores(reconstruction - kl, reconstruction, kl, log_likelihood_)
+
+
+OFFLOAD_WORK = 1 << 18  # array elements: below this numpy is quicker inline than a hop to a worker thread
+
+
+async def offload(fn: Callable[..., T], *args: Any, work: int) -> T:
+    """Run CPU-heavy numpy in a worker thread when it is big enough to stall the event loop."""
+    if work < OFFLOAD_WORK:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def _posterior_samples(rng: np.random.Generator, mu: np.ndarray, logvar: np.ndarray, k: int) -> np.ndarray:
+    """[N, k, D] draws of q(z|x)."""
+    noise = rng.standard_normal((len(mu), k, mu.shape[1]), dtype=np.float32)
+    return (mu[:, None] + np.exp(0.5 * logvar)[:, None] * noise).astype(np.float32)
+
+
+def _require_finite(array: np.ndarray, model: ModelSpec, network: str) -> None:
+    """The service never answers with NaN or infinity: inputs are bounded so this cannot happen for a sound
+    model; if it does, it is the server's fault, reported as such (INTERNAL)."""
+    if not np.isfinite(array).all():
+        raise ServiceError(f"model {model.name!r}: the {network} produced non-finite values")
+
+
+def _log_weights(
+    model: ModelSpec, x: np.ndarray, logits: np.ndarray, z: np.ndarray, logvar: np.ndarray, eps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: log p(x|z) and the importance weight log p(x, z) - log q(z|x), float64."""
+    log_px_z = log_likelihood(model, x, logits)
+    log_pz = -0.5 * (LOG_2PI + z.astype(np.float64) ** 2).sum(-1)
+    log_qz = -0.5 * (LOG_2PI + logvar.astype(np.float64) + eps.astype(np.float64) ** 2).sum(-1)
+    return log_px_z, log_px_z + log_pz - log_qz
+
+
+def _log_mean_exp(values: np.ndarray) -> np.ndarray:
+    top = values.max(axis=1, keepdims=True)
+    return (top[:, 0] + np.log(np.exp(values - top).mean(axis=1))).astype(np.float64)
 
 
 def log_likelihood(model: ModelSpec, x: np.ndarray, logits: np.ndarray) -> np.ndarray:

@@ -17,13 +17,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from service.api import VaeServicer, instrument
+from service.api import VaeServicer, rpc_handler
 from service.backends.base import Backend
 from service.config import Settings
 from service.integrity import health_name, servable
+from service.loop_monitor import LoopMonitor
 from service.metrics import METHODS, InstrumentedBackend, ServiceMetrics
 from service.operations import BatchingLimits, VaeOperations
-from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
+from service.proto_gen.vae.v1 import vae_pb2
 from service.security import auth_interceptor, describe, server_credentials
 from vaecore.repository import ModelSpec, load_repository
 
@@ -75,6 +76,7 @@ class RunningServer:
     metrics: ServiceMetrics
     _metrics_http: WSGIServer | None
     _health_task: asyncio.Task[None]
+    _loop_monitor: LoopMonitor
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting RPCs, let in-flight ones finish within the grace period, then release everything."""
@@ -83,6 +85,7 @@ class RunningServer:
         self._health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._health_task
+        await self._loop_monitor.stop()
         await self.operations.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -109,8 +112,12 @@ async def _track_health(
         await asyncio.sleep(HEALTH_POLL_S)
 
 
-async def start_server(settings: Settings, registry: CollectorRegistry | None = None) -> RunningServer:
-    """Build and start everything; returns once the gRPC port is bound (health may still be NOT_SERVING)."""
+async def start_server(
+    settings: Settings, registry: CollectorRegistry | None = None, backend: Backend | None = None
+) -> RunningServer:
+    """Build and start everything; returns once the gRPC port is bound (health may still be NOT_SERVING).
+
+    `backend` replaces the one the settings name (tests wrap a real backend to inject faults)."""
     credentials = server_credentials(settings)  # a TLS setting that can't work stops us here, in one line
     models = load_repository(settings.model_repository)
     if settings.default_model and settings.default_model not in models:
@@ -120,13 +127,13 @@ async def start_server(settings: Settings, registry: CollectorRegistry | None = 
     models = verdict.served
     metrics = ServiceMetrics(registry or CollectorRegistry())
     auth = auth_interceptor(settings, on_refused=_refused_counter(metrics))  # tokens read once, here
-    backend = InstrumentedBackend(make_backend(settings, models), metrics)
+    instrumented = InstrumentedBackend(backend or make_backend(settings, models), metrics)
     limits = BatchingLimits(settings.max_batch_size, settings.max_wait_s, settings.max_queue)
     metrics.describe_models(models, settings.backend, settings.max_queue, settings.latent_health)
-    operations = VaeOperations(models, backend, limits, metrics.observer, metrics.latent_health, verdict.refused)
+    operations = VaeOperations(models, instrumented, limits, metrics.observer, metrics.latent_health, verdict.refused)
 
     server = grpc.aio.server(options=server_options(settings), interceptors=[auth] if auth else None)
-    vae_pb2_grpc.add_VaeServiceServicer_to_server(instrument(VaeServicer(operations, settings, metrics)), server)
+    server.add_generic_rpc_handlers((rpc_handler(VaeServicer(operations, settings, metrics)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME, *map(health_name, models), *map(health_name, verdict.refused)):
@@ -137,8 +144,10 @@ async def start_server(settings: Settings, registry: CollectorRegistry | None = 
 
     await operations.start()
     health_task = asyncio.get_running_loop().create_task(
-        _track_health(backend, health_servicer, (SERVICE_NAME, *map(health_name, models)))
+        _track_health(instrumented, health_servicer, (SERVICE_NAME, *map(health_name, models)))
     )
+    loop_monitor = LoopMonitor(metrics.loop_lag)  # vae_event_loop_lag_seconds
+    loop_monitor.start()
     metrics_http, metrics_port = None, None
     if settings.metrics_port >= 0:
         metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_bind_host, metrics.registry)
@@ -147,7 +156,8 @@ async def start_server(settings: Settings, registry: CollectorRegistry | None = 
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)  # liveness: the server answers
     log.info("serving %s on port %d (%s; backend %s, metrics port %s)", ", ".join(models), port, describe(settings),
              settings.backend, metrics_port)  # fmt: skip
-    return RunningServer(server, port, metrics_port, operations, health_servicer, metrics, metrics_http, health_task)
+    return RunningServer(server, port, metrics_port, operations, health_servicer, metrics, metrics_http, health_task,
+                         loop_monitor)  # fmt: skip
 
 
 async def serve(settings: Settings) -> None:
