@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from service.client import VaeClient
+from service.client import VaeClient, describe_error
 from service.security import SecurityError, read_client_token
 from vaecore.images import save_grid as save
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="localhost:50051")
     parser.add_argument("--model", default="", help="model name (default: the server's default)")
     parser.add_argument("--seed", type=int)
-    secure = parser.add_argument_group("security (README \"Security\")")
+    secure = parser.add_argument_group('security (README "Security")')
     secure.add_argument("--tls", action="store_true", help="TLS, verifying the server against the system's roots")
     secure.add_argument("--tls-ca-file", help="PEM CA bundle to verify the server with (implies TLS)")
     secure.add_argument("--tls-cert-file", help="PEM client certificate, for mutual TLS (with --tls-key-file)")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import grpc
 import numpy as np
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from service.codecs import array_to_tensor, tensor_to_array
 from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
@@ -44,6 +47,17 @@ class Score:
     reconstruction: float
     kl: float
     log_likelihood: float
+
+
+def describe_error(error: grpc.RpcError) -> str:
+    """`CODE: message`, plus one line per field violation the server attached (google.rpc.BadRequest)."""
+    lines = [f"{error.code().name}: {error.details()}"]  # type: ignore[attr-defined]
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            lines += [f"  field {v.field}: {v.description}" for v in bad_request.field_violations]
+    return "\n".join(lines)
 
 
 def _images(images: np.ndarray) -> vae_pb2.Images:
