@@ -2,9 +2,12 @@
 backend call of at most `max_batch_size` rows, waiting at most `max_wait_s` after the first one arrives.
 
 Guarantees (each has a test): every submitted request gets exactly one answer; a request cancelled or past its
-deadline is dropped before its batch runs; the backend's result row count is checked; when a merged batch
-fails, its requests are retried one by one so a failing item fails only its own request; the queue is
-bounded and a full queue refuses at once (RESOURCE_EXHAUSTED) instead of growing without limit.
+deadline is dropped before its batch runs, and one whose deadline passes while its batch runs gets
+DEADLINE_EXCEEDED at its deadline; the backend's result row count is checked; when a merged batch fails, its
+requests are retried one by one so a failing item fails only its own request (not when the backend is
+unavailable or the deadline passed: those fail the batch at once); the queue is bounded and a full queue refuses
+at once (RESOURCE_EXHAUSTED) instead of growing without limit. While a backend call runs, `call_deadline` holds
+the latest deadline of its requests, so a backend can bound its call by it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +23,10 @@ import numpy as np
 from service.errors import Cancelled, DeadlineExceeded, QueueFull, ServiceError, Unavailable
 
 BatchFunction = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, ...]]]
+
+# During a backend call (in the worker's context): the latest deadline, monotonic seconds, of the requests it
+# serves, or None if one of them has none. Past it nobody waits for the answer, so a backend may stop there.
+call_deadline: ContextVar[float | None] = ContextVar("call_deadline", default=None)
 
 
 @dataclass
@@ -97,7 +105,12 @@ class DynamicBatcher:
             self._queue.put_nowait(entry)
         self._observer.queue_depth(self._queue.qsize())
         try:
-            return await asyncio.shield(entry.future)
+            if deadline is None:
+                return await asyncio.shield(entry.future)
+            return await asyncio.wait_for(asyncio.shield(entry.future), max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            entry.future.cancel()  # queued: the worker skips the rows; running: its batch-mates carry on
+            raise DeadlineExceeded("deadline passed while waiting for the backend") from None
         except asyncio.CancelledError:
             entry.future.cancel()  # the worker sees it and skips the rows
             raise
@@ -156,16 +169,20 @@ class DynamicBatcher:
 
     async def _execute(self, entries: list[_Entry]) -> None:
         self._observer.batch(sum(len(e.rows) for e in entries), len(entries))
+        deadlines = [e.deadline for e in entries]
+        latest = None if None in deadlines else max(d for d in deadlines if d is not None)
         try:
-            results = await self._call(np.concatenate([e.rows for e in entries]))
+            results = await self._call(np.concatenate([e.rows for e in entries]), latest)
         except Exception as exc:
-            if len(entries) == 1 or isinstance(exc, Unavailable):
+            if len(entries) == 1 or isinstance(exc, Unavailable | DeadlineExceeded):
                 for entry in entries:
                     _resolve(entry, error=exc)
                 return
             for entry in entries:  # isolate the failing item: each request alone
+                if entry.future.done():
+                    continue
                 try:
-                    _resolve(entry, await self._call(entry.rows))
+                    _resolve(entry, await self._call(entry.rows, entry.deadline))
                 except Exception as single:
                     _resolve(entry, error=single)
             return
@@ -175,8 +192,12 @@ class DynamicBatcher:
             _resolve(entry, tuple(r[offset : offset + n] for r in results))
             offset += n
 
-    async def _call(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        results = await self._run(rows)
+    async def _call(self, rows: np.ndarray, deadline: float | None) -> tuple[np.ndarray, ...]:
+        token = call_deadline.set(deadline)
+        try:
+            results = await self._run(rows)
+        finally:
+            call_deadline.reset(token)
         if any(len(r) != len(rows) for r in results):
             raise ServiceError(f"backend returned {[len(r) for r in results]} rows for a batch of {len(rows)}")
         return results

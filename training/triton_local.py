@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -69,9 +70,27 @@ def server_environment() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class GrpcTls:
+    """PEM files for tritonserver's gRPC endpoint; with `client_ca` set, clients must present a certificate that
+    CA signed (mutual TLS). HTTP stays plaintext (the readiness poll uses it)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def flags(self) -> list[str]:
+        flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+        if self.client_ca is not None:
+            flags += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.client_ca}"]
+        return flags
+
+
 @dataclass
 class TritonServer:
-    """A running tritonserver process and its ports; `stop()` ends it, `start()` starts it again."""
+    """A running tritonserver process and its ports; `stop()` ends it, `start()` starts it again. It runs in a
+    process group of its own (with its Python-backend stubs), so `pause()`/`resume()` freeze and thaw all of it,
+    as a paused container would be, and `kill()` ends all of it at once."""
 
     repository: Path
     workdir: Path
@@ -79,6 +98,7 @@ class TritonServer:
     http_port: int = field(default_factory=_free_port)
     metrics_port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
+    tls: GrpcTls | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -101,9 +121,12 @@ class TritonServer:
             "--allow-grpc=true",
             "--allow-http=true",
             "--log-verbose=0",
+            *(self.tls.flags() if self.tls is not None else []),
         ]
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_environment())
+        self.process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=server_environment(), start_new_session=True
+        )
         self._wait_ready(timeout_s)
         return self
 
@@ -119,19 +142,36 @@ class TritonServer:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
-            time.sleep(0.25)
+            time.sleep(0.05)
         self.stop()
         raise TritonStartError(f"tritonserver not ready after {timeout_s}s; log:\n{self.log_path.read_text()[-4000:]}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        self._signal(signal.SIGCONT)  # a paused server could not handle SIGTERM
         self.process.terminate()
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.kill()
+
+    def pause(self) -> None:
+        """Freeze the server and its stubs (SIGSTOP to the group): alive, connections open, answering nothing."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group: the server dies without a goodbye, as on a node failure."""
+        self._signal(signal.SIGKILL)
+        if self.process is not None:
             self.process.wait()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
 
 
 def main() -> int:
