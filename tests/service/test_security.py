@@ -409,3 +409,18 @@ def test_token_verifier_accepts_exactly_the_listed_tokens(pki: Pki) -> None:
     assert verifier.accepts(TOKEN) and verifier.accepts(OTHER_TOKEN)
     for wrong in ("", TOKEN[:-1], TOKEN + "x", TOKEN.upper(), RETIRED_TOKEN, f" {TOKEN}"):
         assert not verifier.accepts(wrong), wrong
+
+
+def test_healthcheck_command_speaks_mutual_tls(mtls_server: ServerThread, pki: Pki) -> None:
+    from service import healthcheck
+
+    assert healthcheck.main(["--target", mtls_server.address, "--timeout", "5"]) == 1  # plaintext: refused
+    mtls = [
+        "--tls-ca-file",
+        str(pki.ca),
+        "--tls-cert-file",
+        str(pki.client_cert),
+        "--tls-key-file",
+        str(pki.client_key),
+    ]
+    assert healthcheck.main(["--target", mtls_server.address, "--timeout", "5", *mtls]) == 0
