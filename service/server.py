@@ -37,7 +37,7 @@ def make_backend(settings: Settings, models: dict[str, ModelSpec]) -> Backend:
     if settings.backend == "triton":
         from service.backends.triton import TritonBackend
 
-        return TritonBackend(models, settings.triton_url, settings.triton_timeout_s)
+        return TritonBackend.from_settings(models, settings)
     from service.backends.local import LocalBackend
 
     return LocalBackend(models, settings.device, settings.torch_threads)
