@@ -36,6 +36,7 @@ from vaecore.repository import ModelSpec
 log = logging.getLogger(__name__)
 SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VaeService"]
 OFFLOAD_BYTES = 1 << 20  # requests or replies above this are parsed or built in a worker thread
+PNG_INLINE = 8  # requests with more PNG files than this are decoded in a worker thread
 T = TypeVar("T")
 
 
@@ -46,6 +47,13 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 async def _maybe_thread(big: bool, fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args) if big else fn(*args)
+
+
+def _heavy(request: Message) -> bool:
+    """Whether parsing may take long enough to stall the loop: a big message, or more than a few PNG files."""
+    images = getattr(request, "images", None)
+    pngs = len(images.png.images) if isinstance(images, vae_pb2.Images) else 0
+    return pngs > PNG_INLINE or request.ByteSize() > OFFLOAD_BYTES
 
 
 def _images_reply(images: np.ndarray, output: rq.Output) -> vae_pb2.Images:
@@ -63,7 +71,7 @@ class VaeServicer:
         self.parse = rq.RequestParser(settings, operations.model, self.default_model)
 
     async def _parse(self, parse: Callable[[Any], T], request: Message) -> T:
-        return await _maybe_thread(request.ByteSize() > OFFLOAD_BYTES, parse, request)
+        return await _maybe_thread(_heavy(request), parse, request)
 
     def _info(self, model: ModelSpec) -> vae_pb2.ModelInfo:
         return vae_pb2.ModelInfo(
@@ -200,11 +208,21 @@ def _tolerant(message_type: type[Message]) -> Callable[[bytes], Message | Unpars
     return deserialize
 
 
+MAX_MESSAGE_CHARS = 1024  # status messages travel in HTTP/2 trailers: gRPC drops any over 8-16 KiB
+
+
+def _short(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Error text cut to `limit` characters: messages can echo what a client sent, which may be any length."""
+    return text if len(text) <= limit else f"{text[: limit - 30]}... ({len(text)} characters)"
+
+
 def _rich_status(code: grpc.StatusCode, message: str, error: Exception) -> tuple[tuple[str, bytes], ...]:
     """Trailing metadata carrying a google.rpc.Status; for INVALID_ARGUMENT with a BadRequest field violation."""
     status = status_pb2.Status(code=getattr(code_pb2, code.name, code_pb2.UNKNOWN), message=message)
     if isinstance(error, InvalidArgument):
-        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.problem)
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=_short(error.field, 256), description=_short(error.problem)
+        )
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         status.details.append(detail)
@@ -232,6 +250,7 @@ async def _observed(method: str, metrics: ServiceMetrics, context: grpc.aio.Serv
         metrics.latency.labels(method).observe(time.perf_counter() - started)
     if failure is not None:
         code, message = status_for(failure)
+        message = _short(message)
         if not isinstance(failure, ServiceError):
             log.error("%s failed", method, exc_info=failure)
         await context.abort(code, message, trailing_metadata=_rich_status(code, message, failure))

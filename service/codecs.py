@@ -25,6 +25,12 @@ _ELEMENT_TYPES: dict[np.dtype, Any] = {FLOAT32: vae_pb2.ELEMENT_TYPE_FLOAT32, UI
 MAX_TENSOR_RANK = 8
 
 
+def _show(shape: tuple[int, ...]) -> str:
+    """A shape for an error message, cut short: messages must stay small whatever a client sends."""
+    dims = ", ".join(map(str, shape[:MAX_TENSOR_RANK]))
+    return f"[{dims}{', ...' if len(shape) > MAX_TENSOR_RANK else ''}] (rank {len(shape)})"
+
+
 def tensor_to_array(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:
     """A read-only view of the tensor's bytes with its declared shape and dtype, checked for consistency.
 
@@ -37,14 +43,17 @@ def tensor_to_array(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:
     shape = tuple(int(d) for d in tensor.shape)
     if not shape or len(shape) > MAX_TENSOR_RANK or any(d < 0 for d in shape):
         raise InvalidArgument(
-            f"{field}.shape", f"must have 1 to {MAX_TENSOR_RANK} non-negative dimensions, got {list(shape)}"
+            f"{field}.shape", f"must have 1 to {MAX_TENSOR_RANK} non-negative dimensions, got {_show(shape)}"
         )
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidArgument(
-            f"{field}.data", f"has {len(tensor.data)} bytes; shape {list(shape)} of {dtype.name} needs {expected}"
+            f"{field}.data", f"has {len(tensor.data)} bytes; shape {_show(shape)} of {dtype.name} needs {expected}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    try:
+        return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    except ValueError as exc:  # an empty tensor whose other dimensions overflow numpy's index range
+        raise InvalidArgument(f"{field}.shape", f"is not a valid array shape ({exc})") from exc
 
 
 def array_to_tensor(array: np.ndarray) -> vae_pb2.Tensor:
@@ -107,7 +116,7 @@ def decode_png(data: bytes, image_shape: tuple[int, int, int], field: str) -> np
     a single pixel is decoded (so a PNG claiming millions of pixels costs nothing)."""
     c, h, w = image_shape
     try:
-        with Image.open(io.BytesIO(data), formats=("PNG",)) as picture:
+        with Image.open(io.BytesIO(critical_chunks(data, field)), formats=("PNG",)) as picture:
             if picture.size != (w, h):
                 width, height = picture.size
                 raise InvalidArgument(field, f"is {width}x{height}; the model takes {w}x{h}")
@@ -116,6 +125,31 @@ def decode_png(data: bytes, image_shape: tuple[int, int, int], field: str) -> np
             return _png_pixels(picture, c)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise InvalidArgument(field, f"is not a readable PNG file ({type(exc).__name__}: {exc})") from exc
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+KEPT_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
+
+
+def critical_chunks(data: bytes, field: str) -> bytes:
+    """The PNG with only the chunks that make its pixels. Ancillary chunks (text, colour profiles, ...) are
+    dropped unread: Pillow would inflate compressed ones (iCCP, zTXt, iTXt; up to 64 MB each) while reading
+    the header, which a client could use to burn CPU and memory with a small file."""
+    if not data.startswith(PNG_SIGNATURE):
+        return data  # not a PNG: Pillow says so
+    kept, offset = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while offset + 12 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        end = offset + 12 + length
+        if end > len(data):
+            raise InvalidArgument(field, f"is not a readable PNG file (chunk {kind!r} runs past the end)")
+        if kind in KEPT_CHUNKS:
+            kept.append(data[offset:end])
+        offset = end
+        if kind == b"IEND":
+            break
+    return b"".join(kept)
 
 
 def _png_pixels(picture: Image.Image, channels: int) -> np.ndarray:

@@ -103,7 +103,7 @@ class VaeOperations:
         if model is None and name in self.refused:
             raise FailedPrecondition(self.refused[name])
         if model is None:
-            raise NotFound(f"model {name!r} is not served; available: {', '.join(sorted(self.models))}")
+            raise NotFound(f"model {name[:64]!r} is not served; available: {', '.join(sorted(self.models))}")
         return model
 
     # --- batched network calls -----------------------------------------------------------------------

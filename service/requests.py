@@ -289,5 +289,5 @@ def attribute(model: ModelSpec, name: str, field: str) -> np.ndarray:
     vector = model.attributes.get(name)
     if vector is None:
         known = ", ".join(sorted(model.attributes)) or "none"
-        raise NotFound(f"{field}: model {model.name!r} has no attribute {name!r}; it has: {known}")
+        raise NotFound(f"{field}: model {model.name!r} has no attribute {name[:64]!r}; it has: {known}")
     return vector

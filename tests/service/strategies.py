@@ -45,8 +45,6 @@ MAX_PIXELS = 64 * 64  # larger images are only ever claimed by headers, never ge
 # xfail marker and the name here: the strategies then generate those inputs too.
 KNOWN_BUGS: frozenset[str] = frozenset(
     {
-        "long-echo",  # test_a_long_model_name_or_shape_is_echoed_past_the_metadata_limit
-        "empty-huge-shape",  # test_an_empty_tensor_with_a_huge_dimension_is_invalid_not_internal
     }
 )
 

@@ -496,8 +496,9 @@ def test_memory_stayed_bounded(rss_at_start: float) -> None:
     assert growth < RSS_GROWTH_LIMIT_MB, f"VmRSS grew by {growth:.0f} MB over the fuzz run"
 
 
-# --- bugs this suite found: strict xfail regression tests (the lead fixes service/; then drop the marker here and
-# the name in strategies.KNOWN_BUGS, so the strategies generate those inputs again) -----------------------------
+# --- regression tests for bugs this suite found (fixed: an empty tensor with overflowing dimensions, long client
+# text echoed past gRPC's metadata limit, PNG ancillary chunks inflated while reading the header). A new bug found
+# here is pinned as `xfail(strict=True)` and its inputs kept out of the strategies (strategies.KNOWN_BUGS). -------
 
 
 @pytest.fixture(scope="module")
@@ -515,8 +516,6 @@ def _empty_tensor(shape: list[int]) -> V.Tensor:
     return V.Tensor(shape=shape, dtype=V.ELEMENT_TYPE_FLOAT32, data=b"")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: codecs.tensor_to_array lets numpy reshape an empty buffer to a shape "
-                   "with a zero and dimensions whose product overflows: ValueError -> INTERNAL")  # fmt: skip
 @pytest.mark.parametrize(
     ("method", "request_", "field"),
     [
@@ -533,9 +532,6 @@ def test_an_empty_tensor_with_a_huge_dimension_is_invalid_not_internal(
     assert outcome.details.startswith(field)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a status message echoes client input of any length (model name, "
-                   "attribute name, tensor shape); past gRPC's metadata limit (8 KiB soft, 16 KiB hard) the client "
-                   "gets RESOURCE_EXHAUSTED 'Stream removed' instead, while the server counts the code it sent")  # fmt: skip
 @pytest.mark.parametrize(
     ("request_", "code"),
     [
@@ -568,9 +564,6 @@ def _png_with_iccp_chunks(count: int) -> bytes:
     return png[:33] + iccp * count + png[33:]  # after the signature and IHDR
 
 
-@pytest.mark.xfail(strict=True, reason="bug: PNG ancillary chunks (iCCP, zTXt, iTXt) are inflated ~1000:1 while "
-                   "the header is read, on the event loop for requests under 1 MiB: a 0.9 MB Encode of 11 such "
-                   "files inflates ~900 MB and stalls health checks for ~2 s")  # fmt: skip
 def test_png_ancillary_chunks_cannot_stall_the_event_loop(bug_stub: tuple[VaeServiceStub, grpc.Channel]) -> None:
     stub, channel = bug_stub
     request = V.EncodeRequest(images=V.Images(png=V.PngImages(images=[_png_with_iccp_chunks(80)] * 11)))
