@@ -43,10 +43,7 @@ MAX_PIXELS = 64 * 64  # larger images are only ever claimed by headers, never ge
 # Inputs that hit a known, reported bug are left out of the strategies while the bug is open, so the suite stays
 # green; each has a strict xfail regression test in test_fuzz.py. When a fix makes that test pass, remove the
 # xfail marker and the name here: the strategies then generate those inputs too.
-KNOWN_BUGS: frozenset[str] = frozenset(
-    {
-    }
-)
+KNOWN_BUGS: frozenset[str] = frozenset()  # none open
 
 
 @dataclass(frozen=True)
