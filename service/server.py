@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from service.api import VaeServicer, rpc_handler
 from service.backends.base import Backend
 from service.config import Settings
-from service.integrity import health_name, servable
+from service.integrity import Verdict, health_name, servable
 from service.loop_monitor import LoopMonitor
 from service.metrics import METHODS, InstrumentedBackend, ServiceMetrics
 from service.operations import BatchingLimits, VaeOperations
@@ -112,35 +112,56 @@ async def _track_health(
         await asyncio.sleep(HEALTH_POLL_S)
 
 
+async def _servable_models(settings: Settings) -> Verdict:
+    """The repository's models, each network file checked against its recorded SHA-256 before any is loaded."""
+    models = load_repository(settings.model_repository)
+    if settings.default_model and settings.default_model not in models:
+        raise ValueError(f"default model {settings.default_model!r} is not in {settings.model_repository}")
+    return await asyncio.to_thread(servable, models, settings.backend != "triton", settings.default_model)
+
+
+async def _grpc_server(
+    settings: Settings, servicer: VaeServicer, auth: grpc.aio.ServerInterceptor | None, verdict: Verdict
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """The VAE service, health (all names NOT_SERVING until proven otherwise) and reflection, on a bound port."""
+    credentials = server_credentials(settings)
+    server = grpc.aio.server(options=server_options(settings), interceptors=[auth] if auth else None)
+    server.add_generic_rpc_handlers((rpc_handler(servicer),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME, *map(health_name, verdict.served), *map(health_name, verdict.refused)):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    return server, health_servicer, port
+
+
+def _metrics_endpoint(settings: Settings, metrics: ServiceMetrics) -> tuple[WSGIServer | None, int | None]:
+    if settings.metrics_port < 0:
+        return None, None
+    http, _ = start_http_server(settings.metrics_port, settings.metrics_bind_host, metrics.registry)
+    return http, http.server_port
+
+
 async def start_server(
     settings: Settings, registry: CollectorRegistry | None = None, backend: Backend | None = None
 ) -> RunningServer:
     """Build and start everything; returns once the gRPC port is bound (health may still be NOT_SERVING).
 
     `backend` replaces the one the settings name (tests wrap a real backend to inject faults)."""
-    credentials = server_credentials(settings)  # a TLS setting that can't work stops us here, in one line
-    models = load_repository(settings.model_repository)
-    if settings.default_model and settings.default_model not in models:
-        raise ValueError(f"default model {settings.default_model!r} is not in {settings.model_repository}")
-    # Each network file against its recorded SHA-256, before any is loaded; a model that fails is not served.
-    verdict = await asyncio.to_thread(servable, models, settings.backend != "triton", settings.default_model)
+    server_credentials(settings)  # a TLS setting that can't work stops us here, in one line, before anything loads
+    verdict = await _servable_models(settings)  # a model whose files fail their check is not served
     models = verdict.served
     metrics = ServiceMetrics(registry or CollectorRegistry())
     auth = auth_interceptor(settings, on_refused=_refused_counter(metrics))  # tokens read once, here
     instrumented = InstrumentedBackend(backend or make_backend(settings, models), metrics)
-    limits = BatchingLimits(settings.max_batch_size, settings.max_wait_s, settings.max_queue)
+    limits = BatchingLimits(settings.max_batch_size, settings.max_wait_s, settings.max_queue, settings.score_chunk_rows)
     metrics.describe_models(models, settings.backend, settings.max_queue, settings.latent_health)
     operations = VaeOperations(models, instrumented, limits, metrics.observer, metrics.latent_health, verdict.refused)
-
-    server = grpc.aio.server(options=server_options(settings), interceptors=[auth] if auth else None)
-    server.add_generic_rpc_handlers((rpc_handler(VaeServicer(operations, settings, metrics)),))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME, *map(health_name, models), *map(health_name, verdict.refused)):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    address = f"{settings.host}:{settings.port}"
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    server, health_servicer, port = await _grpc_server(
+        settings, VaeServicer(operations, settings, metrics), auth, verdict
+    )
 
     await operations.start()
     health_task = asyncio.get_running_loop().create_task(
@@ -148,10 +169,7 @@ async def start_server(
     )
     loop_monitor = LoopMonitor(metrics.loop_lag)  # vae_event_loop_lag_seconds
     loop_monitor.start()
-    metrics_http, metrics_port = None, None
-    if settings.metrics_port >= 0:
-        metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_bind_host, metrics.registry)
-        metrics_port = metrics_http.server_port
+    metrics_http, metrics_port = _metrics_endpoint(settings, metrics)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)  # liveness: the server answers
     log.info("serving %s on port %d (%s; backend %s, metrics port %s)", ", ".join(models), port, describe(settings),
