@@ -1,10 +1,11 @@
 """Event-loop lag: how late the server's event loop runs a timer, exported as `vae_event_loop_lag_seconds`.
 
 Every RPC, health check and batch hand-off of the server runs on one asyncio loop; anything that computes on
-that thread (instead of in an executor) delays all of them. A task sleeps a fixed interval, over and over, and
-records how much later than asked it woke up. On an idle, healthy loop that is the timer's own slack (well under
-a millisecond); a request that holds the loop for 2 s shows up as one observation of about 2 s. The cost is one
-timer and one histogram observation per interval (10 per second by default).
+that thread (instead of in an executor), or holds the GIL in any thread, delays all of them. A task sleeps a fixed
+interval, over and over, and records how much later than asked it woke up. On an idle, healthy loop that is the
+timer's own slack (about a millisecond); a request that holds the loop for 2 s shows up as one observation of
+about 2 s. A stall shorter than the interval may be seen only in part (by up to the interval), so the interval is
+short. The cost is one timer and one histogram observation per interval (20 per second).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 
 from prometheus_client import Histogram
 
-LOOP_LAG_INTERVAL_S = 0.1
+LOOP_LAG_INTERVAL_S = 0.05
 
 
 class LoopMonitor:
