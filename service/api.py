@@ -239,8 +239,10 @@ async def _observed(method: str, metrics: ServiceMetrics, context: grpc.aio.Serv
     metrics.in_flight.labels(method).inc()
     try:
         yield
-    except asyncio.CancelledError:
-        code = grpc.StatusCode.CANCELLED
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away, or its deadline passed
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
         raise
     except Exception as exc:
         code, failure = status_for(exc)[0], exc

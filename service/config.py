@@ -36,6 +36,7 @@ class Settings:
     max_latent_abs: float = 1000.0  # |component| of a latent a client sends (the prior's mass lies within ~5)
     max_stream_items: int = 1048576  # SampleStream's n
     max_message_mb: int = 64  # gRPC send/receive message limit
+    max_reply_mb: int = 16  # largest reply a request may ask for (bounds memory and event-loop time per request)
     default_score_samples: int = 100  # importance samples of Score when the request says 0
     max_score_samples: int = 5000  # most importance samples per image in Score
     max_score_rows: int = 65536  # images x samples in one Score request
@@ -52,7 +53,7 @@ class Settings:
     triton_tls_ca_file: str = ""  # PEM CA bundle: reach Triton over TLS, verifying its certificate against it
     triton_tls_cert_file: str = ""  # PEM client certificate for Triton (mutual TLS), with triton_tls_key_file
     triton_tls_key_file: str = ""
-    score_chunk_rows: int = 8192  # Score decodes images x samples rows in chunks of this many (bounds memory)
+    score_chunk_rows: int = 2048  # Score decodes images x samples rows in chunks of this many (bounds memory)
     log_level: str = "INFO"
 
     @property

@@ -32,7 +32,7 @@ class BatchingLimits:
     max_batch_size: int = 64
     max_wait_s: float = 0.002
     max_queue: int = 1024
-    score_chunk_rows: int = 8192
+    score_chunk_rows: int = 2048
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The one validation layer: every request message becomes a typed domain request here, or is refused with
 `InvalidArgument` / `NotFound` naming the field and the limit, before any backend call is made.
 
-That includes the size of the reply: a request that would produce a reply larger than the transport allows
-(`--max-message-mb`) is refused up front instead of being computed and then dropped by the transport. The
+That includes the size of the reply: a request that would produce a reply larger than `--max-reply-mb` (or the
+transport's `--max-message-mb`, if smaller) is refused up front instead of being computed and then dropped. The
 limits all come from `Settings`; nothing here touches grpc or a backend.
 """
 
@@ -123,7 +123,10 @@ class RequestParser:
         self.settings = settings
         self._lookup = lookup
         self.default_model = default_model
-        self.reply_limit = settings.max_message_mb * 1024 * 1024 - REPLY_HEADROOM_BYTES
+        self.reply_mb, self.reply_flag = min(
+            (settings.max_reply_mb, "--max-reply-mb"), (settings.max_message_mb, "--max-message-mb")
+        )
+        self.reply_limit = self.reply_mb * 1024 * 1024 - REPLY_HEADROOM_BYTES
 
     # --- pieces ------------------------------------------------------------------------------------
 
@@ -185,11 +188,10 @@ class RequestParser:
 
     def _fits(self, reply_bytes: int, field: str, what: str) -> None:
         if reply_bytes > self.reply_limit:
-            limit_mb = self.settings.max_message_mb
             raise InvalidArgument(
                 field,
-                f"the reply would hold {what}, {reply_bytes / 2**20:.1f} MiB; the limit is {limit_mb} MiB per "
-                "message (--max-message-mb): ask for fewer",
+                f"the reply would hold {what}, {reply_bytes / 2**20:.1f} MiB; the limit is {self.reply_mb} MiB per "
+                f"reply ({self.reply_flag}): ask for fewer",
             )
 
     def _fits_images(self, model: ModelSpec, n: int, output: Output, field: str) -> None:

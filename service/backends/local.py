@@ -25,11 +25,14 @@ class LocalBackend:
         self._device = torch.device(device)
         self._threads = threads
         self._modules: dict[str, torch.jit.ScriptModule] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        # torch's intra-op thread count is per thread: set it in the thread that runs the networks.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch", initializer=self._init_thread)
 
-    async def start(self) -> None:
+    def _init_thread(self) -> None:
         if self._threads > 0:
             torch.set_num_threads(self._threads)
+
+    async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._load_all)
 

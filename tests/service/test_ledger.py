@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import torch
 
 from service.backends.local import LocalBackend
 from service.config import Settings
@@ -35,11 +34,7 @@ TEMPLATES = 300
 def faulty(model_repository: Path) -> Iterator[tuple[ServerThread, FakeFaultyBackend]]:
     settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, model_repository=model_repository,
                         max_batch_size=16, torch_threads=1)  # fmt: skip
-    local = LocalBackend(load_repository(model_repository), "cpu", 1)
-    # torch's thread count is per OpenMP thread: LocalBackend sets it on the loop thread, not on its torch worker
-    # thread, which then runs each call several times slower; set it there too (a LocalBackend fix makes this moot).
-    local._executor.submit(torch.set_num_threads, 1).result()
-    backend = FakeFaultyBackend(local)
+    backend = FakeFaultyBackend(LocalBackend(load_repository(model_repository), "cpu", 1))
     with serving(settings, backend) as server:
         yield server, backend
 

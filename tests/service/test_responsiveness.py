@@ -82,8 +82,8 @@ def _image_endpoint(model: Model, seed: int) -> V.Endpoint:
 
 
 def encode_samples_allowed(model: Model, n: int) -> int:
-    """The most posterior samples per image whose reply fits the message limit (service/requests.py's rule)."""
-    limit = DEFAULTS.max_message_mb * 2**20 - REPLY_HEADROOM_BYTES
+    """The most posterior samples per image whose reply fits the reply limit (service/requests.py's rule)."""
+    limit = min(DEFAULTS.max_reply_mb, DEFAULTS.max_message_mb) * 2**20 - REPLY_HEADROOM_BYTES
     return min(DEFAULTS.max_posterior_samples, limit // (4 * n * model.latent_dim) - 2)
 
 

@@ -196,7 +196,7 @@ def test_a_reply_over_the_message_limit_is_refused_before_any_work(server: Serve
     before = _metrics(server)
     request = V.EncodeRequest(model="tiny", images=V.Images(tensor=array_to_tensor(_images(512))),
                               samples_per_image=1024)  # fmt: skip
-    _refused(stub.Encode, request, "samples_per_image", "the limit is 4 MiB per message (--max-message-mb)")
+    _refused(stub.Encode, request, "samples_per_image", "the limit is 4 MiB per reply (--max-message-mb)")
     for mode, n, field in ((V.IMAGE_FORMAT_FLOAT32, 4096, "n"), (V.IMAGE_FORMAT_PNG, 4096, "n")):
         _refused(stub.Sample, V.SampleRequest(model="tiny", n=n, output=V.OutputOptions(format=mode)), field, "MiB")
     after = _metrics(server)
