@@ -229,9 +229,17 @@ def _rng(seed: int) -> np.random.Generator:
 
 
 def _posterior_samples(rng: np.random.Generator, mu: np.ndarray, logvar: np.ndarray, k: int) -> np.ndarray:
-    """[N, k, D] draws of q(z|x)."""
-    noise = rng.standard_normal((len(mu), k, mu.shape[1]), dtype=np.float32)
-    return (mu[:, None] + np.exp(0.5 * logvar)[:, None] * noise).astype(np.float32)
+    """[N, k, D] draws of q(z|x). Drawn a block of rows at a time (the same numbers as one draw: the generator fills
+    in order) so that a worker thread running this hands the GIL back to the event loop between blocks."""
+    n, d = mu.shape
+    out = np.empty((n, k, d), np.float32)
+    scale = np.exp(0.5 * logvar)
+    rows = max(1, OFFLOAD_WORK // max(1, k * d))
+    for start in range(0, n, rows):
+        block = slice(start, min(start + rows, n))
+        noise = rng.standard_normal((block.stop - block.start, k, d), dtype=np.float32)
+        out[block] = mu[block, None] + scale[block, None] * noise
+    return out
 
 
 def _require_finite(array: np.ndarray, model: ModelSpec, network: str) -> None:
