@@ -118,7 +118,7 @@ class VaeOperations:
         results = await asyncio.gather(*(batcher.submit(c, deadline, wait_for_room=True) for c in chunks))
         if len(results) == 1:
             return results[0]
-        return tuple(np.concatenate(parts) for parts in zip(*results, strict=True))
+        return await offload(_join, results, work=sum(part.size for part in results[0]) * len(results))
 
     async def posterior(self, model: ModelSpec, images: np.ndarray, deadline: float | None = None):  # type: ignore[no-untyped-def]
         """(mu, logvar) of q(z|x), each [N, D]."""
@@ -144,7 +144,7 @@ class VaeOperations:
     ) -> np.ndarray:
         """Images [N, C, H, W] in [0, 1]: the decoder's mean, or a sample from p(x|z)."""
         mean, _ = await self._batched(model, "decoder", latents, deadline)
-        _require_finite(mean, model, "decoder")
+        await offload(_require_finite, mean, model, "decoder", work=mean.size)
         return await offload(sample_pixels, model, mean, rng, work=mean.size) if sample else mean
 
     async def reconstruct(self, req: rq.Reconstruct, deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -222,6 +222,11 @@ async def offload(fn: Callable[..., T], *args: Any, work: int) -> T:
     if work < OFFLOAD_WORK:
         return fn(*args)
     return await asyncio.to_thread(fn, *args)
+
+
+def _join(results: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """The chunks of one request's backend results, concatenated output by output."""
+    return tuple(np.concatenate(parts) for parts in zip(*results, strict=True))
 
 
 def _rng(seed: int) -> np.random.Generator:
