@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/mnist
 
-.PHONY: setup system-deps run monitor rules model train evaluate plots export test lint format generate bench clean
+.PHONY: setup system-deps run monitor rules responsiveness model train evaluate plots export test lint format generate bench clean
 
 setup: $(VENV)/.installed .tools/node_modules/.bin/buf system-deps
 
@@ -63,6 +63,10 @@ generate: setup
 # After editing deploy/prometheus/rules/: regenerate the Kubernetes PrometheusRule that wraps them (a test checks it).
 rules: setup
 	$(PY) scripts/sync_prometheus_rule.py
+
+# Wall-clock bounds (health p99 < 100 ms while each RPC's largest request runs): on an otherwise idle machine.
+responsiveness: setup
+	$(PY) -m pytest -m timing -s tests/service/test_responsiveness.py
 
 bench: setup
 	$(PY) benchmarks/decoder_throughput.py

@@ -288,8 +288,24 @@ def _worst_lag_bucket(before: dict, after: dict) -> str:
     return "?"
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_largest_request_keeps_health_fast_and_memory_bounded(case: str, servers: dict[str, ServerProcess]) -> None:
+@dataclass
+class Measured:
+    health_s: np.ndarray  # every health check's latency while the request ran
+    p99_s: float
+    growth_bytes: float
+
+
+MEASURED: dict[str, Measured] = {}
+
+
+def measure(case: str, servers: dict[str, ServerProcess]) -> Measured:
+    """Run the case's largest request (repeatedly, for at least MIN_WINDOW_S) once per session; both tests read it."""
+    if case not in MEASURED:
+        MEASURED[case] = _measure(case, servers)
+    return MEASURED[case]
+
+
+def _measure(case: str, servers: dict[str, ServerProcess]) -> Measured:
     server = servers[case]
     address = f"127.0.0.1:{server.port}"
     options = [("grpc.max_send_message_length", CLIENT_LIMIT), ("grpc.max_receive_message_length", CLIENT_LIMIT)]
@@ -321,9 +337,27 @@ def test_largest_request_keeps_health_fast_and_memory_bounded(case: str, servers
           f"max {health.max() * 1000:.1f} ms over {len(health)} checks; event-loop lag {lag}; peak RSS "
           f"growth {growth / 2**20:.0f} MiB ({'VmHWM' if exact_peak else 'sampled'}; sampled "
           f"{(max(watch.rss_kib) - baseline_kib) / 1024:.0f} MiB)")  # fmt: skip
-    assert len(health) >= 10, f"only {len(health)} health checks while the request ran {elapsed:.2f} s"
-    assert p99 < HEALTH_P99_S, f"{case}: health p99 {p99 * 1000:.0f} ms (max {health.max() * 1000:.0f} ms)"
+    return Measured(health, p99, growth)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_largest_request_keeps_memory_bounded_and_health_answering(
+    case: str, servers: dict[str, ServerProcess]
+) -> None:
+    measured = measure(case, servers)
+    assert len(measured.health_s) >= 10, f"only {len(measured.health_s)} health checks answered while it ran"
+    growth = measured.growth_bytes
     assert growth < PEAK_GROWTH_BYTES, f"{case}: the server grew by {growth / 2**20:.0f} MiB for one request"
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("case", CASES)
+def test_largest_request_keeps_health_fast(case: str, servers: dict[str, ServerProcess]) -> None:
+    """A wall-clock bound: run by `make responsiveness` on a machine of its own, not in `make test` (a shared
+    2-core CI machine stalls any process for 100 ms now and then, whatever the service does)."""
+    measured = measure(case, servers)
+    p99, worst = measured.p99_s, measured.health_s.max()
+    assert p99 < HEALTH_P99_S, f"{case}: health p99 {p99 * 1000:.0f} ms (max {worst * 1000:.0f} ms)"
 
 
 def test_the_encode_size_used_is_the_largest_allowed(servers: dict[str, ServerProcess]) -> None:
