@@ -29,7 +29,7 @@ from service import requests as rq
 from service.config import Settings
 from service.errors import InvalidArgument, ServiceError, status_for
 from service.metrics import ServiceMetrics
-from service.operations import Scores, VaeOperations
+from service.operations import Scores, VaeOperations, in_thread_if
 from service.proto_gen.vae.v1 import vae_pb2
 from vaecore.repository import ModelSpec
 
@@ -45,10 +45,6 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-async def _maybe_thread(big: bool, fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(fn, *args) if big else fn(*args)
-
-
 def _heavy(request: Message) -> bool:
     """Whether parsing may take long enough to stall the loop: a big message, or more than a few PNG files."""
     images = getattr(request, "images", None)
@@ -56,8 +52,9 @@ def _heavy(request: Message) -> bool:
     return pngs > PNG_INLINE or request.ByteSize() > OFFLOAD_BYTES
 
 
-def _images_reply(images: np.ndarray, output: rq.Output) -> vae_pb2.Images:
-    return codecs.images_to_proto(images, output.image_format)
+async def _images_reply(images: np.ndarray, output: rq.Output) -> vae_pb2.Images:
+    """Images in the requested encoding; PNG encoding or a big copy runs off the event loop."""
+    return await in_thread_if(images.nbytes > OFFLOAD_BYTES, codecs.images_to_proto, images, output.image_format)
 
 
 class VaeServicer:
@@ -71,7 +68,7 @@ class VaeServicer:
         self.parse = rq.RequestParser(settings, operations.model, self.default_model)
 
     async def _parse(self, parse: Callable[[Any], T], request: Message) -> T:
-        return await _maybe_thread(_heavy(request), parse, request)
+        return await in_thread_if(_heavy(request), parse, request)
 
     def _info(self, model: ModelSpec) -> vae_pb2.ModelInfo:
         return vae_pb2.ModelInfo(
@@ -101,20 +98,20 @@ class VaeServicer:
         mu, logvar, samples = await self.ops.encode(req, _deadline(context))
         self.metrics.items.labels("Encode").inc(len(mu))
         big = (mu.size + (0 if samples is None else samples.size)) * 4 > OFFLOAD_BYTES
-        return await _maybe_thread(big, _encode_reply, mu, logvar, samples, req)
+        return await in_thread_if(big, _encode_reply, mu, logvar, samples, req)
 
     async def Decode(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.decode, request)
         images = await self.ops.decode(req, _deadline(context))
         self.metrics.items.labels("Decode").inc(len(images))
-        reply = await _maybe_thread(images.nbytes > OFFLOAD_BYTES, _images_reply, images, req.output)
+        reply = await _images_reply(images, req.output)
         return vae_pb2.DecodeResponse(images=reply, seed=req.seed, model=req.model.name)
 
     async def Reconstruct(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.reconstruct, request)
         images, latents = await self.ops.reconstruct(req, _deadline(context))
         self.metrics.items.labels("Reconstruct").inc(len(images))
-        reply = await _maybe_thread(images.nbytes > OFFLOAD_BYTES, _images_reply, images, req.output)
+        reply = await _images_reply(images, req.output)
         return vae_pb2.ReconstructResponse(
             images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
         )
@@ -123,7 +120,7 @@ class VaeServicer:
         req = await self._parse(self.parse.sample, request)
         images, latents = await self.ops.sample(req, _deadline(context))
         self.metrics.items.labels("Sample").inc(len(images))
-        reply = await _maybe_thread(images.nbytes > OFFLOAD_BYTES, _images_reply, images, req.output)
+        reply = await _images_reply(images, req.output)
         return vae_pb2.SampleResponse(
             images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
         )
@@ -133,7 +130,7 @@ class VaeServicer:
         req = await self._parse(self.parse.sample_stream, request)
         async for offset, images, latents in self.ops.sample_chunks(req, _deadline(context)):
             self.metrics.items.labels("SampleStream").inc(len(images))
-            reply = await _maybe_thread(images.nbytes > OFFLOAD_BYTES, _images_reply, images, req.output)
+            reply = await _images_reply(images, req.output)
             yield vae_pb2.SampleStreamResponse(
                 images=reply, latents=codecs.array_to_tensor(latents), offset=offset, seed=req.seed,
                 model=req.model.name,
@@ -143,7 +140,7 @@ class VaeServicer:
         req = await self._parse(self.parse.interpolate, request)
         images, latents = await self.ops.interpolate(req, _deadline(context))
         self.metrics.items.labels("Interpolate").inc(len(images))
-        reply = await _maybe_thread(images.nbytes > OFFLOAD_BYTES, _images_reply, images, req.output)
+        reply = await _images_reply(images, req.output)
         return vae_pb2.InterpolateResponse(
             images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
         )
@@ -153,7 +150,7 @@ class VaeServicer:
         images, latent = await self.ops.arithmetic(req, _deadline(context))
         self.metrics.items.labels("Arithmetic").inc(1)
         return vae_pb2.ArithmeticResponse(
-            images=_images_reply(images, req.output), latent=codecs.array_to_tensor(latent), seed=req.seed,
+            images=await _images_reply(images, req.output), latent=codecs.array_to_tensor(latent), seed=req.seed,
             model=req.model.name,
         )  # fmt: skip
 

@@ -217,11 +217,15 @@ class VaeOperations:
 OFFLOAD_WORK = 1 << 18  # array elements: below this numpy is quicker inline than a hop to a worker thread
 
 
+async def in_thread_if(big: bool, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread when `big` (work that would stall the event loop), else inline: the hop
+    costs more than small work. The one mechanism behind every off-loop step (parsing, numpy, replies)."""
+    return await asyncio.to_thread(fn, *args) if big else fn(*args)
+
+
 async def offload(fn: Callable[..., T], *args: Any, work: int) -> T:
-    """Run CPU-heavy numpy in a worker thread when it is big enough to stall the event loop."""
-    if work < OFFLOAD_WORK:
-        return fn(*args)
-    return await asyncio.to_thread(fn, *args)
+    """CPU-heavy numpy over `work` array elements, in a worker thread when it is big enough to stall the loop."""
+    return await in_thread_if(work >= OFFLOAD_WORK, fn, *args)
 
 
 def _join(results: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
