@@ -227,6 +227,30 @@ def _first_ok_after(server: ServerThread, since: float, timeout: float = 30.0) -
     raise AssertionError(f"no OK reply within {timeout}s")
 
 
+def _recovery_after_thaw(server: ServerThread, triton: TritonServer, timeout: float = 30.0) -> tuple[float, bool]:
+    """Seconds from Triton answering ready after SIGCONT to the service's first OK reply, and whether Triton had
+    to be restarted first. The tritonserver here (nvidia-pytriton's, Python backend) sometimes aborts within
+    a second of being thawed under load (`std::length_error` or `boost::interprocess::lock_exception` in
+    libtriton_python.so, in its log; seen with and without this service cancelling its abandoned calls), a
+    crash in Triton, not in the service. Then the thawed server never serves again, so it is restarted, and
+    the service must serve within the same bound of the restarted server's readiness."""
+    since = _triton_ready_at(triton)
+    crashed = False
+    with stub_for(server) as stub:
+        while time.monotonic() - since < timeout:
+            if not crashed and triton.process is not None and triton.process.poll() is not None:
+                crashed = True
+                triton.start()  # returns once Triton's readiness endpoint answers 200
+                since = time.monotonic()
+                continue
+            _, ended, code = _call(stub, timeout=5.0)
+            if code == OK:
+                return ended - since, crashed
+            assert code == UNAVAILABLE, code
+            time.sleep(0.01)
+    raise AssertionError(f"no OK reply within {timeout}s (Triton crashed and was restarted: {crashed})")
+
+
 def _triton_ready_at(triton: TritonServer, timeout: float = 30.0) -> float:
     """When Triton's own readiness endpoint first answers 200 (polled every 10 ms)."""
     url = f"http://127.0.0.1:{triton.http_port}/v2/health/ready"
@@ -276,8 +300,9 @@ def test_frozen_triton_fails_requests_fast_and_serving_resumes_when_it_thaws(
         time.sleep(0.5)  # the load keeps sending while Triton is known down
     _check_outage(load, frozen_at, known_down_at, "SIGSTOP")
     triton.resume()
-    recovery = _first_ok_after(service, _triton_ready_at(triton))
-    print(f"SIGCONT: first OK reply {recovery:.2f} s after Triton answered ready")
+    recovery, crashed = _recovery_after_thaw(service, triton)
+    after = "restarted after its Python backend aborted on thaw" if crashed else "answered ready"
+    print(f"SIGCONT: first OK reply {recovery:.2f} s after Triton {after}")
     assert recovery < RECOVERY_BOUND_S
     _wait_health(service, SERVING, timeout=RECOVERY_BOUND_S)
 
