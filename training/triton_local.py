@@ -6,6 +6,7 @@ For CPU machines without Triton's container: the tests use it, and so can a deve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -109,6 +110,8 @@ class TritonServer:
         return self.workdir / "tritonserver.log"
 
     def start(self, timeout_s: float = 120.0) -> TritonServer:
+        if self.process is not None and self.process.poll() is not None:
+            self._reap_group()  # restarting after a crash: the old stubs must not linger
         binary = _pytriton_root() / "tritonserver" / "bin" / "tritonserver"
         backends = backend_directory(self.workdir / "backends")
         cmd = [
@@ -147,7 +150,10 @@ class TritonServer:
         raise TritonStartError(f"tritonserver not ready after {timeout_s}s; log:\n{self.log_path.read_text()[-4000:]}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
+            return
+        if self.process.poll() is not None:
+            self._reap_group()
             return
         self._signal(signal.SIGCONT)  # a paused server could not handle SIGTERM
         self.process.terminate()
@@ -168,6 +174,12 @@ class TritonServer:
         self._signal(signal.SIGKILL)
         if self.process is not None:
             self.process.wait()
+
+    def _reap_group(self) -> None:
+        """A server that crashed leaves its Python-backend stubs running in its process group: end them."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.process is not None and self.process.poll() is None:
