@@ -90,8 +90,9 @@ def end_to_end(repo: Path, seconds: float, rounds: int, clients: int) -> None:
     rates: dict[bool, list[float]] = {True: [], False: []}
     for r in range(rounds):
         for enabled in (False, True) if r % 2 == 0 else (True, False):
-            settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, model_repository=repo, torch_threads=1,
-                                latent_health=enabled)  # fmt: skip
+            settings = Settings(
+                host="127.0.0.1", port=0, metrics_port=-1, model_repository=repo, torch_threads=1, latent_health=enabled
+            )
             rates[enabled].append(encode_rate(settings, image, clients, seconds))
     off, on = statistics.median(rates[False]), statistics.median(rates[True])
     print(f"Encode(1 image), {clients} clients, {rounds} alternated rounds of {seconds:g} s, median req/s:")
