@@ -53,6 +53,9 @@ class Settings:
     triton_tls_ca_file: str = ""  # PEM CA bundle: reach Triton over TLS, verifying its certificate against it
     triton_tls_cert_file: str = ""  # PEM client certificate for Triton (mutual TLS), with triton_tls_key_file
     triton_tls_key_file: str = ""
+    # Several cores (README "Workers"): N > 1 starts N server processes sharing the gRPC port, each with its own
+    # backend and batcher, behind one /metrics; 1 serves from this process alone, as before.
+    workers: int = 1  # server processes sharing --port (SO_REUSEPORT); torch-threads 0 then means cores / workers
     score_chunk_rows: int = 2048  # Score decodes images x samples rows in chunks of this many (bounds memory)
     log_level: str = "INFO"
 
@@ -106,4 +109,6 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
     settings = Settings(**vars(args))
     if settings.backend not in ("local", "triton"):
         parser.error(f"--backend must be local or triton, got {settings.backend!r}")
+    if settings.workers < 1:
+        parser.error(f"--workers must be at least 1, got {settings.workers}")
     return settings

@@ -3,6 +3,12 @@
 Names and labels are documented in README.md; dashboards and alerts depend on them. Every labelled series
 that can be known at start-up (methods x status codes, models x networks, backends) is created at zero, so
 dashboards and alerts see 0 rather than "no data" before the first request or the first error.
+
+With `--workers N` (service/supervisor.py) every worker process writes these to prometheus-client's multiprocess
+files and the supervisor's /metrics adds them up: counters and histograms are summed (a dead worker's counts are
+kept, so totals never go backwards), and each Gauge says how its workers' values combine (`multiprocess_mode`,
+ignored with one process). Collectors computed at scrape time (process_*, latent health) are gathered from each
+worker separately (service/worker_metrics.py).
 """
 
 from __future__ import annotations
@@ -34,28 +40,37 @@ class ServiceMetrics:
                                 ["method", "code"], registry=registry)  # fmt: skip
         self.latency = Histogram("vae_request_duration_seconds", "RPC latency, by method", ["method"],
                                  buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
-        self.in_flight = Gauge("vae_requests_in_flight", "RPCs being served", ["method"], registry=registry)
+        # in flight and queued: what every live worker holds adds up; a dead worker holds nothing ("live" drops it)
+        self.in_flight = Gauge("vae_requests_in_flight", "RPCs being served", ["method"], registry=registry,
+                               multiprocess_mode="livesum")  # fmt: skip
         self.items = Counter("vae_items_processed", "images or latents produced or consumed, by method",
                              ["method"], registry=registry)  # fmt: skip
         self.batch_size = Histogram("vae_batch_size", "rows per backend call after dynamic batching",
                                     ["model", "network"], buckets=BATCH_BUCKETS, registry=registry)  # fmt: skip
         self.batch_requests = Histogram("vae_batch_requests", "requests merged into one backend call",
                                         ["model", "network"], buckets=BATCH_BUCKETS, registry=registry)  # fmt: skip
+        # the fullest worker's queue, not the sum: each worker refuses when *its* queue (vae_queue_capacity, per
+        # worker) is full, so the saturation alert's depth / capacity must be one worker's ratio, never above 1
         self.queue_depth = Gauge("vae_queue_depth", "requests waiting for a batch", ["model", "network"],
-                                 registry=registry)  # fmt: skip
+                                 registry=registry, multiprocess_mode="livemax")  # fmt: skip
         self.queue_wait = Histogram("vae_queue_wait_seconds", "time from arrival to batch start",
                                     ["model", "network"], buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
         self.backend_latency = Histogram("vae_backend_duration_seconds", "backend call latency", ["backend", "network"],
                                          buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
         self.backend_errors = Counter("vae_backend_errors", "failed backend calls", ["backend", "network"],
                                       registry=registry)  # fmt: skip
-        self.backend_up = Gauge("vae_backend_up", "1 when the backend is ready", ["backend"], registry=registry)
+        # up only when every live worker's backend is: one worker with a dead backend fails its share of requests
+        self.backend_up = Gauge("vae_backend_up", "1 when the backend is ready", ["backend"], registry=registry,
+                                multiprocess_mode="livemin")  # fmt: skip
+        # the next three are the same in every worker (same settings, same repository): "max" shows that one value
+        # (a sum would double it), and keeps it while a worker restarts
         self.queue_capacity = Gauge("vae_queue_capacity", "most chunks that may wait (--max-queue)",
-                                    ["model", "network"], registry=registry)  # fmt: skip
+                                    ["model", "network"], registry=registry, multiprocess_mode="max")  # fmt: skip
         info_labels = ["model", "latent_dim", "likelihood", "dataset", "backend"]
-        self.model_info = Gauge("vae_model_info", "served models (value 1)", info_labels, registry=registry)
+        self.model_info = Gauge("vae_model_info", "served models (value 1)", info_labels, registry=registry,
+                                multiprocess_mode="max")  # fmt: skip
         self.test_nll = Gauge("vae_model_test_nll_nats", "test NLL stored in the model's metadata, nats", ["model"],
-                              registry=registry)  # fmt: skip
+                              registry=registry, multiprocess_mode="max")  # fmt: skip
         self.loop_lag = Histogram("vae_event_loop_lag_seconds", "how late the event loop woke from a timer",
                                   buckets=LOOP_LAG_BUCKETS, registry=registry)  # fmt: skip
         ProcessCollector(registry=registry)

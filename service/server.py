@@ -45,9 +45,12 @@ def make_backend(settings: Settings, models: dict[str, ModelSpec]) -> Backend:
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Message limits, and a maximum connection age: gRPC pins a client to the replicas it connected to, so
-    without one a scaled-out deployment's new replicas would get no traffic from existing clients."""
+    without one a scaled-out deployment's new replicas would get no traffic from existing clients (nor, with
+    `--workers`, a restarted worker any from connections the others already hold)."""
     message_limit = settings.max_message_mb * 1024 * 1024
     options = [("grpc.max_send_message_length", message_limit), ("grpc.max_receive_message_length", message_limit)]
+    if settings.workers > 1:  # every worker binds the same port: on by default on Linux, required here, so explicit
+        options.append(("grpc.so_reuseport", 1))
     if settings.max_connection_age_s > 0:
         options += [
             ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
