@@ -28,15 +28,16 @@ MAX_MESSAGE = 512 * 1024 * 1024
 
 @dataclass
 class Window:
-    """Calls started in [measure_from, stop) count; `calls_left` (count mode) ends the run after K calls."""
+    """Calls started in [measure_from, stop) count, and each task's first call after measure_from however long it
+    takes (a call slower than the window still gives a figure); `calls_left` (count mode): exactly K calls."""
 
     measure_from: float
     stop: float
     calls_left: int | None = None
 
-    def go_on(self, now: float) -> bool:
+    def go_on(self, now: float, measured: int) -> bool:
         if self.calls_left is None:
-            return now < self.stop
+            return now < self.stop or measured == 0
         self.calls_left -= 1
         return self.calls_left >= 0
 
@@ -74,8 +75,8 @@ async def _stream(call: Any, request: bytes, timeout: float, stats: Stats) -> in
 
 
 async def _task(calls: itertools.cycle, window: Window, stats: Stats, stream: bool, timeout: float) -> None:
-    send = _stream if stream else _unary
-    while window.go_on(time.perf_counter()):
+    send, measured = (_stream if stream else _unary), 0
+    while window.go_on(time.perf_counter(), measured):
         call, request = next(calls)
         started, size, error = time.perf_counter(), None, None
         try:
@@ -84,6 +85,7 @@ async def _task(calls: itertools.cycle, window: Window, stats: Stats, stream: bo
             error = exc
         if started >= window.measure_from:
             stats.record(started, time.perf_counter(), size, error)
+            measured += 1
 
 
 def _channels(target: str, count: int) -> list[grpc.aio.Channel]:

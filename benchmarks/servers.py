@@ -56,9 +56,14 @@ class ServiceConfig:
         return argv
 
 
-def start_service(config: ServiceConfig, log_dir: Path) -> Server:
+def launch_service(config: ServiceConfig, log_dir: Path) -> Server:
+    """Start the process and return at once: several services start together, then each is waited for."""
     port = free_port()
-    server = launch(f"{config.label}-w{config.workers}", config.argv(port), port, log_dir)
+    return launch(f"{config.label}-w{config.workers}", config.argv(port), port, log_dir)
+
+
+def wait_service(server: Server, config: ServiceConfig) -> None:
+    """Until SERVING; a StartError that says so plainly when this service has no --workers flag."""
     try:
         wait_serving(server, SERVICE_NAME)
     except StartError as exc:
@@ -67,7 +72,6 @@ def start_service(config: ServiceConfig, log_dir: Path) -> Server:
                 f"this service has no --workers flag yet (asked for --workers {config.workers}); {exc}"
             ) from None
         raise
-    return server
 
 
 def start_transport(replies: dict[str, Path], processes: int, log_dir: Path) -> Server:

@@ -26,7 +26,7 @@ from benchmarks import machine, report, targets
 from benchmarks.payloads import METHODS, Payload, sample_stream, service_request, triton_request
 from benchmarks.procs import PYTHON, REPO_ROOT, Server, StartError, memory_kb, stop
 from benchmarks.rows import Label, Load, load_row, loadgen_argv, parse_result, run_load
-from benchmarks.servers import ServiceConfig, capture, start_service, start_transport, start_triton
+from benchmarks.servers import ServiceConfig, capture, launch_service, start_transport, start_triton, wait_service
 from benchmarks.table import all_tables, as_text
 from vaecore.repository import ModelSpec, load_repository
 
@@ -104,21 +104,33 @@ def measure_raw(run: Run) -> None:
         run.add(row)
 
 
-def start(run: Run, config: ServiceConfig) -> Server | None:
-    """The service, or None with an error row that says why it did not start."""
-    try:
-        return start_service(config, run.logs)
-    except StartError as exc:
-        run.add(
-            {
-                "kind": "error",
-                "workers": config.workers,
-                "server": config.label,
-                "method": "start",
-                "message": " ".join(str(exc).split())[:600],
-            }
-        )
-        return None
+def start(run: Run, configs: list[ServiceConfig]) -> list[Server | None]:
+    """The services, started together (their start-ups overlap); None, with an error row saying why, for each
+    one that did not become SERVING."""
+    servers = [launch_service(config, run.logs) for config in configs]
+    started: list[Server | None] = []
+    for server, config in zip(servers, configs, strict=True):
+        try:
+            wait_service(server, config)
+            started.append(server)
+        except StartError as exc:
+            started.append(None)
+            run.add(
+                {
+                    "kind": "error",
+                    "workers": config.workers,
+                    "server": config.label,
+                    "method": "start",
+                    "message": " ".join(str(exc).split())[:600],
+                }
+            )
+    return started
+
+
+def stop_all(servers: list[Server | None]) -> None:
+    for server in servers:
+        if server is not None:
+            stop(server)
 
 
 def warm_up(run: Run, target: str, make: PayloadFor) -> None:
@@ -193,37 +205,38 @@ def memory_row(kind: str, workers: int, pid: int, warm_kb: int, **extra: Any) ->
 
 
 def local_phase(run: Run, workers: int) -> None:
-    """Transport vs service (batching on), bulk, memory; then the service with batching off."""
+    """Transport, service (batching on) and service (batching off) side by side; then bulk and memory."""
     o = run.opts
-    config = ServiceConfig("service", o.repo, o.max_batch_size, None, o.torch_threads, workers)
-    service = start(run, config)
-    if service is not None:
-        try:
-            with_transport(run, workers, service)
-        finally:
-            stop(service)
-    nobatch = start(run, replace(config, label="service-nobatch", max_batch_size=1, max_wait_ms=0.0))
-    if nobatch is not None:
-        try:
-            side_by_side(run, workers, [("service-nobatch", nobatch.target, service_request)])
-        finally:
-            stop(nobatch)
+    on = ServiceConfig("service", o.repo, o.max_batch_size, None, o.torch_threads, workers)
+    off = replace(on, label="service-nobatch", max_batch_size=1, max_wait_ms=0.0)
+    servers = start(run, [on, off])
+    try:
+        service, nobatch = servers
+        others = [] if nobatch is None else [("service-nobatch", nobatch.target, service_request)]
+        if service is None:
+            side_by_side(run, workers, others)
+        else:
+            with_transport(run, workers, service, others)
+    finally:
+        stop_all(servers)
 
 
-def with_transport(run: Run, workers: int, service: Server) -> None:
+def with_transport(run: Run, workers: int, service: Server, others: list[tuple[str, str, PayloadFor]]) -> None:
     try:
         replies = capture_replies(run, service)
     except Exception as exc:  # a service that cannot answer one request: say so, measure nothing against it
         run.add({"kind": "error", "workers": workers, "server": "service", "method": "capture", "message": str(exc)})
+        side_by_side(run, workers, others)
         return
-    warm_up(run, service.target, service_request)
+    for _, target, make in [("service", service.target, service_request), *others]:
+        warm_up(run, target, make)
     warm_kb = memory_kb(service.process.pid, "VmRSS")
     transport = start_transport(replies, workers, run.logs)
     try:
         side_by_side(
             run,
             workers,
-            [("transport", transport.target, service_request), ("service", service.target, service_request)],
+            [("transport", transport.target, service_request), ("service", service.target, service_request), *others],
         )
     finally:
         stop(transport)
@@ -267,7 +280,7 @@ def triton_phase(run: Run) -> None:
 def soak_phase(run: Run) -> None:
     """One constant mixed load for --soak seconds; the service's RSS sampled along the way."""
     o, workers = run.opts, run.opts.workers[0]
-    service = start(run, ServiceConfig("service", o.repo, o.max_batch_size, None, o.torch_threads, workers))
+    [service] = start(run, [ServiceConfig("service", o.repo, o.max_batch_size, None, o.torch_threads, workers)])
     if service is None:
         return
     try:
@@ -338,7 +351,7 @@ def finish(run: Run, name: str) -> int:
     (o.out / f"{name}.json").write_text(json.dumps(document, indent=1) + "\n")
     if name == "bench":
         report.plot(document, o.out / "bench.png")
-    failed = [r for r in run.rows if r["kind"] == "error" or (r["kind"] == "load" and r["errors"])]
+    failed = [r for r in run.rows if targets.failed(r)]
     print(f"wrote {o.out / (name + '.json')} in {meta['wall_s']:.0f} s; {len(failed)} row(s) with errors")
     return 1 if failed else 0
 
@@ -369,13 +382,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a tiny run (the test's): 0.5 s rows, 8 in flight only, no Triton, a 4096-image stream",
+        help="a tiny run (the test's): 0.5 s rows, 8 in flight only, no Triton, a 1024-image stream",
     )
     p.add_argument("--soak", type=float, default=0.0, help="instead: constant load this many seconds, RSS drift")
     o = p.parse_args(argv)
     if o.quick:
         o.seconds, o.warmup, o.warmup_load, o.raw_seconds, o.triton = 0.5, 0.2, 0.0, 0.2, False
-        o.inflight, o.raw_batches, o.stream_n = [8], [1, o.max_batch_size], 4096
+        o.inflight, o.raw_batches, o.stream_n = [8], [1, o.max_batch_size], 1024
     return o
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.targets import failed
+
 Row = dict[str, Any]
 Table = tuple[str, list[str], list[list[str]]]  # title, header, cells
 
@@ -99,9 +101,9 @@ def problems_table(rows: list[Row]) -> Table:
         if r.get("kind") == "error"
     ]
     cells += [
-        [str(r["workers"]), r["server"], f"{r['method']} @{r['inflight']}", r.get("first_error", "")]
+        [str(r["workers"]), r["server"], f"{r['method']} @{r['inflight']}", r.get("first_error") or "no reply"]
         for r in rows
-        if r.get("kind") == "load" and r["errors"]
+        if r.get("kind") == "load" and failed(r)
     ]
     return "Errors", ["workers", "server", "what", "message"], cells
 

@@ -52,8 +52,13 @@ def annotate(rows: list[Row], max_batch_size: int) -> None:
         row["ratio"] = value / base if base else None
 
 
+def failed(row: Row) -> bool:
+    """An error row, or a load row with an error reply or no reply at all."""
+    return row.get("kind") == "error" or (row.get("kind") == "load" and (row["errors"] > 0 or row["ok"] == 0))
+
+
 def _status(value: float | None, passes: Callable[[float], bool], *sources: Row | None) -> str:
-    if value is None or any(s is None or s.get("errors") for s in sources):
+    if value is None or any(s is None or failed(s) for s in sources):
         return "ERROR"
     return "PASS" if passes(value) else "FAIL"
 
