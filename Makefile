@@ -68,8 +68,11 @@ rules: setup
 responsiveness: setup
 	$(PY) -m pytest -m timing -s tests/service/test_responsiveness.py
 
+# Every serving figure as a ratio to its limit, measured side by side (BENCHMARKS.md; a few minutes here).
+# BENCH_ARGS: e.g. --no-triton, --workers 1 2, --seconds 5, --soak 300 (then only the soak, into soak.json).
 bench: setup
-	$(PY) benchmarks/decoder_throughput.py
+	$(PY) -m benchmarks.suite --out benchmarks/results $(BENCH_ARGS); status=$$?; \
+	  $(PY) -m benchmarks.report benchmarks/results/bench.json --markdown BENCHMARKS.md && exit $$status
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
