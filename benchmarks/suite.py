@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,23 +83,11 @@ def progress_line(rows: list[Row], row: Row, opts: argparse.Namespace) -> str:
 
 def measure_raw(run: Run) -> None:
     o = run.opts
-    argv = [
-        PYTHON,
-        "-m",
-        "benchmarks.raw",
-        "--json",
-        "--repo",
-        str(o.repo),
-        "--threads",
-        str(o.torch_threads),
-        "--seconds",
-        str(o.raw_seconds),
-        "--batches",
-        *map(str, o.raw_batches),
-    ]
+    argv = [PYTHON, "-m", "benchmarks.raw", "--json", "--repo", str(o.repo), "--threads", str(o.torch_threads)]
+    argv += ["--seconds", str(o.raw_seconds), "--batches", *map(str, o.raw_batches)]
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        run.add({"kind": "error", "server": "raw", "method": "", "message": done.stderr.strip()[-400:]})
+        run.add(error_row(None, "raw", "measure", done.stderr.strip()[-400:]))
         return
     for row in json.loads(done.stdout):
         run.add(row)
@@ -109,22 +98,24 @@ def start(run: Run, configs: list[ServiceConfig]) -> list[Server | None]:
     one that did not become SERVING."""
     servers = [launch_service(config, run.logs) for config in configs]
     started: list[Server | None] = []
-    for server, config in zip(servers, configs, strict=True):
-        try:
-            wait_service(server, config)
-            started.append(server)
-        except StartError as exc:
-            started.append(None)
-            run.add(
-                {
-                    "kind": "error",
-                    "workers": config.workers,
-                    "server": config.label,
-                    "method": "start",
-                    "message": " ".join(str(exc).split())[:600],
-                }
-            )
+    try:
+        for server, config in zip(servers, configs, strict=True):
+            try:
+                wait_service(server, config)
+                started.append(server)
+            except StartError as exc:
+                started.append(None)
+                run.add(error_row(config.workers, config.label, "start", str(exc)))
+    except BaseException:  # interrupted while waiting: leave no server behind
+        stop_all(list(servers))
+        raise
     return started
+
+
+def error_row(workers: int | None, server: str, what: str, message: str) -> Row:
+    """What could not be measured, and why (a server that did not start, a reply that could not be captured)."""
+    text = " ".join(message.split())[:600]
+    return {"kind": "error", "workers": workers, "server": server, "method": what, "message": text}
 
 
 def stop_all(servers: list[Server | None]) -> None:
@@ -225,7 +216,7 @@ def with_transport(run: Run, workers: int, service: Server, others: list[tuple[s
     try:
         replies = capture_replies(run, service)
     except Exception as exc:  # a service that cannot answer one request: say so, measure nothing against it
-        run.add({"kind": "error", "workers": workers, "server": "service", "method": "capture", "message": str(exc)})
+        run.add(error_row(workers, "service", "capture", str(exc)))
         side_by_side(run, workers, others)
         return
     for _, target, make in [("service", service.target, service_request), *others]:
@@ -233,11 +224,8 @@ def with_transport(run: Run, workers: int, service: Server, others: list[tuple[s
     warm_kb = memory_kb(service.process.pid, "VmRSS")
     transport = start_transport(replies, workers, run.logs)
     try:
-        side_by_side(
-            run,
-            workers,
-            [("transport", transport.target, service_request), ("service", service.target, service_request), *others],
-        )
+        trio = [("transport", transport.target, service_request), ("service", service.target, service_request)]
+        side_by_side(run, workers, trio + others)
     finally:
         stop(transport)
     bulk(run, workers, service)
@@ -250,7 +238,7 @@ def triton_phase(run: Run) -> None:
     try:
         triton, python_repo = start_triton(o.repo, run.work, o.max_batch_size)
     except StartError as exc:
-        run.add({"kind": "error", "server": "triton-direct", "method": "start", "message": str(exc)[:600]})
+        run.add(error_row(None, "triton-direct", "start", str(exc)))
         return
     try:
         warm_up(run, triton.grpc_url, triton_request)
@@ -259,18 +247,16 @@ def triton_phase(run: Run) -> None:
             config = ServiceConfig(
                 "service-triton", python_repo, o.max_batch_size, None, o.torch_threads, workers, extra
             )
-            service = start(run, config)
+            [service] = start(run, [config])
             if service is None:
                 continue
             try:
-                side_by_side(
-                    run,
-                    workers,
-                    [
-                        ("triton-direct", triton.grpc_url, triton_request),
-                        ("service-triton", service.target, service_request),
-                    ],
-                )
+                warm_up(run, service.target, service_request)
+                pair = [
+                    ("triton-direct", triton.grpc_url, triton_request),
+                    ("service-triton", service.target, service_request),
+                ]
+                side_by_side(run, workers, pair)
             finally:
                 stop(service)
     finally:
@@ -291,18 +277,8 @@ def soak_phase(run: Run) -> None:
         stats, samples = sampled_load(
             run, service, payloads, Load(high, o.soak, 0.0, channels=run.load(1, workers).channels)
         )
-        run.add(
-            {
-                "kind": "load",
-                "server": "service",
-                "workers": workers,
-                "method": "+".join(o.methods),
-                "n": 1,
-                "inflight": high,
-                **stats,
-                "images_per_s": stats["rate"],
-            }
-        )
+        label = {"kind": "load", "server": "service", "workers": workers, "method": "+".join(o.methods), "n": 1}
+        run.add({**label, "inflight": high, **stats, "images_per_s": stats["rate"]})
         run.add(memory_row("soak", workers, service.process.pid, warm_kb, seconds=o.soak, rss_samples_kb=samples))
     finally:
         stop(service)
@@ -392,7 +368,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return o
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM too unwinds through every `finally`, which stops the servers started
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     opts = parse_args(argv)
     model = next(iter(load_repository(opts.repo).values()))
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
