@@ -10,7 +10,6 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -66,6 +65,7 @@ class VaeServicer:
         self.metrics = metrics
         self.default_model = settings.default_model or sorted(operations.models)[0]
         self.parse = rq.RequestParser(settings, operations.model, self.default_model)
+        self._items = {m.name: metrics.items.labels(m.name) for m in SERVICE.methods}  # bound once
 
     async def _parse(self, parse: Callable[[Any], T], request: Message) -> T:
         return await in_thread_if(_heavy(request), parse, request)
@@ -96,21 +96,21 @@ class VaeServicer:
     async def Encode(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.encode, request)
         mu, logvar, samples = await self.ops.encode(req, _deadline(context))
-        self.metrics.items.labels("Encode").inc(len(mu))
+        self._items["Encode"].inc(len(mu))
         big = (mu.size + (0 if samples is None else samples.size)) * 4 > OFFLOAD_BYTES
         return await in_thread_if(big, _encode_reply, mu, logvar, samples, req)
 
     async def Decode(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.decode, request)
         images = await self.ops.decode(req, _deadline(context))
-        self.metrics.items.labels("Decode").inc(len(images))
+        self._items["Decode"].inc(len(images))
         reply = await _images_reply(images, req.output)
         return vae_pb2.DecodeResponse(images=reply, seed=req.seed, model=req.model.name)
 
     async def Reconstruct(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.reconstruct, request)
         images, latents = await self.ops.reconstruct(req, _deadline(context))
-        self.metrics.items.labels("Reconstruct").inc(len(images))
+        self._items["Reconstruct"].inc(len(images))
         reply = await _images_reply(images, req.output)
         return vae_pb2.ReconstructResponse(
             images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
@@ -119,7 +119,7 @@ class VaeServicer:
     async def Sample(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.sample, request)
         images, latents = await self.ops.sample(req, _deadline(context))
-        self.metrics.items.labels("Sample").inc(len(images))
+        self._items["Sample"].inc(len(images))
         reply = await _images_reply(images, req.output)
         return vae_pb2.SampleResponse(
             images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
@@ -129,7 +129,7 @@ class VaeServicer:
         """Chunks decode one after another, so a client reading slowly holds back generation (flow control)."""
         req = await self._parse(self.parse.sample_stream, request)
         async for offset, images, latents in self.ops.sample_chunks(req, _deadline(context)):
-            self.metrics.items.labels("SampleStream").inc(len(images))
+            self._items["SampleStream"].inc(len(images))
             reply = await _images_reply(images, req.output)
             yield vae_pb2.SampleStreamResponse(
                 images=reply, latents=codecs.array_to_tensor(latents), offset=offset, seed=req.seed,
@@ -139,7 +139,7 @@ class VaeServicer:
     async def Interpolate(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.interpolate, request)
         images, latents = await self.ops.interpolate(req, _deadline(context))
-        self.metrics.items.labels("Interpolate").inc(len(images))
+        self._items["Interpolate"].inc(len(images))
         reply = await _images_reply(images, req.output)
         return vae_pb2.InterpolateResponse(
             images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
@@ -148,7 +148,7 @@ class VaeServicer:
     async def Arithmetic(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.arithmetic, request)
         images, latent = await self.ops.arithmetic(req, _deadline(context))
-        self.metrics.items.labels("Arithmetic").inc(1)
+        self._items["Arithmetic"].inc(1)
         return vae_pb2.ArithmeticResponse(
             images=await _images_reply(images, req.output), latent=codecs.array_to_tensor(latent), seed=req.seed,
             model=req.model.name,
@@ -157,7 +157,7 @@ class VaeServicer:
     async def Score(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.score, request)
         scores = await self.ops.score(req, _deadline(context))
-        self.metrics.items.labels("Score").inc(len(scores.elbo))
+        self._items["Score"].inc(len(scores.elbo))
         return _score_reply(scores, req)
 
 
@@ -226,33 +226,41 @@ def _rich_status(code: grpc.StatusCode, message: str, error: Exception) -> tuple
     return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
-@contextlib.asynccontextmanager
-async def _observed(method: str, metrics: ServiceMetrics, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Around one RPC: in-flight gauge, latency, the request counter by status code, errors -> statuses.
+class _Series:
+    """One RPC's metric series, bound once: a `labels()` lookup per request costs a lock and a dict lookup."""
 
-    The metrics are recorded before an error status is sent, so a client that has its answer finds it counted.
-    """
-    started, code, failure = time.perf_counter(), grpc.StatusCode.OK, None
-    metrics.in_flight.labels(method).inc()
-    try:
-        yield
-    except (asyncio.CancelledError, GeneratorExit):  # the client went away, or its deadline passed
-        remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
-        code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-        raise
-    except Exception as exc:
-        code, failure = status_for(exc)[0], exc
-    finally:
-        metrics.in_flight.labels(method).dec()
-        metrics.requests.labels(method, code.name).inc()
-        metrics.latency.labels(method).observe(time.perf_counter() - started)
-    if failure is not None:
-        code, message = status_for(failure)
-        message = _short(message)
-        if not isinstance(failure, ServiceError):
-            log.error("%s failed", method, exc_info=failure)
-        await context.abort(code, message, trailing_metadata=_rich_status(code, message, failure))
+    def __init__(self, method: str, metrics: ServiceMetrics) -> None:
+        self.method = method
+        self.in_flight = metrics.in_flight.labels(method)
+        self.latency = metrics.latency.labels(method)
+        self.codes = {code: metrics.requests.labels(method, code.name) for code in grpc.StatusCode}
+
+    def record(self, code: grpc.StatusCode, started: float) -> None:
+        self.in_flight.dec()
+        self.codes[code].inc()
+        self.latency.observe(time.perf_counter() - started)
+
+
+# The server's deadline is the client's shifted by the headers' transit time, and a client whose own deadline
+# fires sends a cancel that can reach the server just before the server's deadline: a cancel this close to it is
+# the deadline (a client cancelling on purpose this close to its deadline is counted as its deadline, harmlessly).
+DEADLINE_SLACK_S = 0.05
+
+
+def _interrupted(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The code a client sees when its call ends early: its deadline passed, or it went away."""
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= DEADLINE_SLACK_S
+    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+
+async def _refuse(series: _Series, context: grpc.aio.ServicerContext, failure: Exception) -> None:
+    """Abort with the status `failure` maps to (google.rpc.Status attached); logged if it is not a domain error."""
+    code, message = status_for(failure)
+    message = _short(message)
+    if not isinstance(failure, ServiceError):
+        log.error("%s failed", series.method, exc_info=failure)
+    await context.abort(code, message, trailing_metadata=_rich_status(code, message, failure))
 
 
 def _check_parsed(request: Any) -> None:
@@ -260,23 +268,48 @@ def _check_parsed(request: Any) -> None:
         raise InvalidArgument("request", f"is not a valid {request.type_name} message ({request.reason})")
 
 
-def _unary(method: str, handler: Callable[..., Any], metrics: ServiceMetrics) -> Callable[..., Any]:
+# Both wrappers: in-flight gauge, latency, the request counter by status code, errors -> statuses. The metrics
+# are recorded before an error status is sent, so a client that has its answer finds it counted.
+
+
+def _unary(series: _Series, handler: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _observed(method, metrics, context):
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        series.in_flight.inc()
+        try:
             _check_parsed(request)
             return await handler(request, context)
+        except asyncio.CancelledError:
+            code = _interrupted(context)
+            raise
+        except Exception as exc:
+            code, failure = status_for(exc)[0], exc
+        finally:
+            series.record(code, started)
+        await _refuse(series, context, failure)  # reached only when the handler raised
 
     return wrapper
 
 
-def _streaming(method: str, handler: Callable[..., AsyncIterator[Any]], metrics: ServiceMetrics) -> Callable[..., Any]:
+def _streaming(series: _Series, handler: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async with _observed(method, metrics, context):
+        started, code, failure = time.perf_counter(), grpc.StatusCode.OK, None
+        series.in_flight.inc()
+        try:
             _check_parsed(request)
             async for message in handler(request, context):
                 yield message
+        except (asyncio.CancelledError, GeneratorExit):
+            code = _interrupted(context)
+            raise
+        except Exception as exc:
+            code, failure = status_for(exc)[0], exc
+        finally:
+            series.record(code, started)
+        if failure is not None:
+            await _refuse(series, context, failure)
 
     return wrapper
 
@@ -288,14 +321,15 @@ def rpc_handler(servicer: VaeServicer) -> grpc.GenericRpcHandler:
         request_type = getattr(vae_pb2, method.input_type.name)
         response_type = getattr(vae_pb2, method.output_type.name)
         handler = getattr(servicer, method.name)
+        series = _Series(method.name, servicer.metrics)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _streaming(method.name, handler, servicer.metrics),
+                _streaming(series, handler),
                 request_deserializer=_tolerant(request_type), response_serializer=response_type.SerializeToString,
             )  # fmt: skip
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(method.name, handler, servicer.metrics),
+                _unary(series, handler),
                 request_deserializer=_tolerant(request_type), response_serializer=response_type.SerializeToString,
             )  # fmt: skip
     return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

@@ -1,5 +1,10 @@
 """One small dynamic batcher: concurrent requests for the same model and operation are merged into one
-backend call of at most `max_batch_size` rows, waiting at most `max_wait_s` after the first one arrives.
+backend call of at most `max_batch_size` rows.
+
+One batch runs at a time; whatever arrives while it runs forms the next batch. So a request that finds the
+backend idle is dispatched at once, and batches grow with the load by themselves, without a timer (as Triton's
+and vLLM's schedulers do). `max_wait_s` > 0 also holds the first request of a batch that long for company
+(off by default: on an idle backend it only adds latency; measured in BENCHMARKS.md).
 
 Guarantees (each has a test): every submitted request gets exactly one answer; a request cancelled or past its
 deadline is dropped before its batch runs, and one whose deadline passes while its batch runs gets
@@ -90,13 +95,16 @@ class DynamicBatcher:
         """Run `rows` (at most max_batch_size of them) in some batch; returns this request's result rows.
 
         A full queue refuses the rows (QueueFull), unless `wait_for_room`: the later chunks of an admitted
-        request wait for room instead, so a large request is never refused halfway through.
+        request wait for room instead, so a large request is never refused halfway through. The deadline is a
+        timer on the loop that fails the future (no task per request); a caller cancelled while waiting
+        cancels the future, and the worker skips it.
         """
         if not 1 <= len(rows) <= self.max_batch_size:
             raise ValueError(f"submit between 1 and {self.max_batch_size} rows, got {len(rows)}")
         if self._worker is None:
             raise Unavailable("batcher is not running")
-        entry = _Entry(rows, asyncio.get_running_loop().create_future(), deadline)
+        loop = asyncio.get_running_loop()
+        entry = _Entry(rows, loop.create_future(), deadline)
         if wait_for_room:
             await self._queue.put(entry)
             entry.enqueued = time.monotonic()
@@ -104,16 +112,13 @@ class DynamicBatcher:
             self.admit()
             self._queue.put_nowait(entry)
         self._observer.queue_depth(self._queue.qsize())
+        if deadline is None:
+            return await entry.future
+        timer = loop.call_later(max(deadline - time.monotonic(), 0.0), _expire, entry.future)
         try:
-            if deadline is None:
-                return await asyncio.shield(entry.future)
-            return await asyncio.wait_for(asyncio.shield(entry.future), max(deadline - time.monotonic(), 0.0))
-        except TimeoutError:
-            entry.future.cancel()  # queued: the worker skips the rows; running: its batch-mates carry on
-            raise DeadlineExceeded("deadline passed while waiting for the backend") from None
-        except asyncio.CancelledError:
-            entry.future.cancel()  # the worker sees it and skips the rows
-            raise
+            return await entry.future
+        finally:
+            timer.cancel()
 
     # --- worker ------------------------------------------------------------------------------------
 
@@ -201,6 +206,12 @@ class DynamicBatcher:
         if any(len(r) != len(rows) for r in results):
             raise ServiceError(f"backend returned {[len(r) for r in results]} rows for a batch of {len(rows)}")
         return results
+
+
+def _expire(future: asyncio.Future[tuple[np.ndarray, ...]]) -> None:
+    """A request's deadline passed: queued, the worker will skip it; running, its batch-mates carry on."""
+    if not future.done():
+        future.set_exception(DeadlineExceeded("deadline passed while waiting for the backend"))
 
 
 def _resolve(entry: _Entry, result: tuple[np.ndarray, ...] | None = None, error: BaseException | None = None) -> None:

@@ -22,6 +22,7 @@ from service.batching import BatchObserver, DynamicBatcher
 from service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from service.latent import interpolate, posterior_kl, prior_latents, weighted_sum
 from vaecore.repository import ModelSpec
+from vaecore.rng import generator
 
 LOG_2PI = math.log(2.0 * math.pi)
 T = TypeVar("T")
@@ -154,9 +155,8 @@ class VaeOperations:
         return await self.render(req.model, latents, req.output.sample_pixels, rng, deadline), latents
 
     async def sample(self, req: rq.Sample, deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
-        async for _, images, latents in self.sample_chunks(req, deadline):
-            return images, latents
-        raise AssertionError("a validated Sample request has n >= 1")
+        """All n images at once (Sample: the request is one chunk); the same numbers as `sample_chunks`."""
+        return await self._sample_chunk(req, _rng(req.seed), req.n, deadline)
 
     async def sample_chunks(
         self, req: rq.Sample, deadline: float | None
@@ -164,9 +164,14 @@ class VaeOperations:
         """(offset, images, latents) chunk after chunk, all drawn from one generator seeded by the request."""
         rng = _rng(req.seed)
         for offset in range(0, req.n, req.chunk):
-            count = min(req.chunk, req.n - offset)
-            latents = prior_latents(rng, count, req.model.latent_dim, req.temperature)
-            yield offset, await self.render(req.model, latents, req.output.sample_pixels, rng, deadline), latents
+            images, latents = await self._sample_chunk(req, rng, min(req.chunk, req.n - offset), deadline)
+            yield offset, images, latents
+
+    async def _sample_chunk(
+        self, req: rq.Sample, rng: np.random.Generator, count: int, deadline: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        latents = prior_latents(rng, count, req.model.latent_dim, req.temperature)
+        return await self.render(req.model, latents, req.output.sample_pixels, rng, deadline), latents
 
     async def points(self, model: ModelSpec, points: rq.Points, deadline: float | None) -> list[np.ndarray]:
         """The latents a request named, its images replaced by their posterior means, encoded in one call."""
@@ -234,7 +239,7 @@ def _join(results: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
 
 
 def _rng(seed: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(seed))
+    return generator(seed)
 
 
 def _posterior_samples(rng: np.random.Generator, mu: np.ndarray, logvar: np.ndarray, k: int) -> np.ndarray:

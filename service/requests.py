@@ -9,7 +9,7 @@ limits all come from `Settings`; nothing here touches grpc or a backend.
 from __future__ import annotations
 
 import math
-import secrets
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -105,9 +105,12 @@ class Score:
     seed: int
 
 
+_FRESH_SEEDS = random.Random()  # seeded from os.urandom once per process; a seed must differ, not be secret
+
+
 def _seed(message: Any) -> int:
     """The request's seed, or a fresh one; the reply echoes it so the answer can be reproduced."""
-    return int(message.seed.value) if message.HasField("seed") else secrets.randbits(63)
+    return int(message.seed.value) if message.HasField("seed") else _FRESH_SEEDS.getrandbits(63)
 
 
 def _in_range(value: float, field: str, low: float, high: float) -> None:
