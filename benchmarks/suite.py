@@ -33,6 +33,7 @@ from vaecore.repository import ModelSpec, load_repository
 
 Row = dict[str, Any]
 PayloadFor = Callable[[str, ModelSpec], Payload]
+Compared = tuple[str, str, PayloadFor]  # row label, host:port, the request it is sent
 DEFAULT_REPOSITORY = REPO_ROOT / "deploy" / "model_repository"
 
 
@@ -143,7 +144,7 @@ def capture_replies(run: Run, service: Server) -> dict[str, Path]:
     return files
 
 
-def side_by_side(run: Run, workers: int, servers: list[tuple[str, str, PayloadFor]]) -> None:
+def side_by_side(run: Run, workers: int, servers: list[Compared]) -> None:
     """Each method at each in-flight count on each server in turn, so the rows compared were measured together."""
     for method in run.opts.methods:
         for inflight in run.opts.inflight:
@@ -203,7 +204,7 @@ def local_phase(run: Run, workers: int) -> None:
     servers = start(run, [on, off])
     try:
         service, nobatch = servers
-        others = [] if nobatch is None else [("service-nobatch", nobatch.target, service_request)]
+        others: list[Compared] = [] if nobatch is None else [("service-nobatch", nobatch.target, service_request)]
         if service is None:
             side_by_side(run, workers, others)
         else:
@@ -212,7 +213,7 @@ def local_phase(run: Run, workers: int) -> None:
         stop_all(servers)
 
 
-def with_transport(run: Run, workers: int, service: Server, others: list[tuple[str, str, PayloadFor]]) -> None:
+def with_transport(run: Run, workers: int, service: Server, others: list[Compared]) -> None:
     try:
         replies = capture_replies(run, service)
     except Exception as exc:  # a service that cannot answer one request: say so, measure nothing against it
@@ -224,7 +225,10 @@ def with_transport(run: Run, workers: int, service: Server, others: list[tuple[s
     warm_kb = memory_kb(service.process.pid, "VmRSS")
     transport = start_transport(replies, workers, run.logs)
     try:
-        trio = [("transport", transport.target, service_request), ("service", service.target, service_request)]
+        trio: list[Compared] = [
+            ("transport", transport.target, service_request),
+            ("service", service.target, service_request),
+        ]
         side_by_side(run, workers, trio + others)
     finally:
         stop(transport)
@@ -252,7 +256,7 @@ def triton_phase(run: Run) -> None:
                 continue
             try:
                 warm_up(run, service.target, service_request)
-                pair = [
+                pair: list[Compared] = [
                     ("triton-direct", triton.grpc_url, triton_request),
                     ("service-triton", service.target, service_request),
                 ]
