@@ -276,7 +276,7 @@ def soak_phase(run: Run) -> None:
     try:
         payloads = [service_request(m, run.model) for m in o.methods]
         high = targets.TARGET_INFLIGHT if targets.TARGET_INFLIGHT in o.inflight else max(o.inflight)
-        run_load(service.target, payloads, Load(high, max(5.0, o.warmup_load * len(o.methods)), 0.0), run.work)
+        run_load(service.target, payloads, Load(high, min(30.0, max(5.0, o.soak / 10)), 0.0), run.work)
         warm_kb = memory_kb(service.process.pid, "VmRSS")
         stats, samples = sampled_load(
             run, service, payloads, Load(high, o.soak, 0.0, channels=run.load(1, workers).channels)
@@ -314,7 +314,8 @@ def finish(run: Run, name: str) -> int:
     """Ratios, targets, tables, JSON (and the plot); exit status 1 if any row had an error."""
     o = run.opts
     targets.annotate(run.rows, o.max_batch_size)
-    found = targets.targets(run.rows, o.methods, o.inflight, o.max_batch_size)
+    per_method = [] if name == "soak" else o.methods  # a soak measures memory only
+    found = targets.targets(run.rows, per_method, o.inflight, o.max_batch_size)
     print()
     for table in all_tables(run.rows, found):
         print(as_text(table), end="\n\n")
