@@ -183,6 +183,43 @@ def test_every_connection_is_answered_by_a_ready_worker(two_workers: Service) ->
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_every_dashboard_panel_has_data_from_the_workers(two_workers: Service, tmp_path: Path) -> None:
+    """The shipped Grafana dashboard's queries (local backend) against a real Prometheus scraping the supervisor's
+    /metrics: names and labels are what one process exports, so every panel still answers."""
+    from tools import dashboard
+    from tools.prom import PrometheusError, PrometheusServer, ScrapeJob, finite_values, poll
+    from tools.traffic import Traffic
+
+    board = dashboard.load()
+    job = ScrapeJob("vae-service", [f"127.0.0.1:{two_workers.metrics_port}"])
+    with PrometheusServer(tmp_path, [job], "1s") as prometheus:
+        assert prometheus.api is not None
+        api = prometheus.api
+        prometheus.wait_for_targets_up()  # a first scrape before the traffic, so rates see it as an increase
+        with Traffic(f"127.0.0.1:{two_workers.port}", images_per_request=4, score_samples=8) as traffic:
+            for seed in range(3):
+                traffic.round(seed, errors=True)
+        values = {name: api.label_values(label, metric) for name, (metric, label) in dashboard.variables(board).items()}
+        pending = {(panel.title, target.ref): dashboard.substitute(target.expr, values, "1m")
+                   for panel in dashboard.panels(board)
+                   if not panel.gpu_only and not panel.metric_names() & dashboard.TRITON_METRICS
+                   for target in panel.targets}  # fmt: skip
+
+        def all_answered() -> bool:
+            for key, expr in list(pending.items()):
+                if finite_values(api.query(expr)):
+                    del pending[key]
+            return not pending
+
+        try:
+            poll(all_answered, 60, "every panel query to return data")
+        except PrometheusError:
+            pytest.fail("panel queries without data:\n" + "\n".join(f"{k}: {e}" for k, e in pending.items()))
+        scraped = {series["metric"]["__name__"] for series in api.query('count by (__name__) ({job="vae-service"})')}
+    only_with_workers = {"vae_worker_requests_total", "vae_worker_restarts_total"}
+    assert scraped - dashboard.PROMETHEUS_METRICS <= dashboard.service_metric_names() | only_with_workers
+
+
 def test_a_killed_worker_is_restarted_and_the_totals_keep_its_counts(two_workers: Service) -> None:
     victim = two_workers.pids[0]
     before = two_workers.metrics()
