@@ -228,6 +228,8 @@ def supervise(settings: Settings) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="vae-metrics-") if settings.metrics_port >= 0 else None
     if metrics_dir:  # before any worker starts, hence before any of them imports prometheus_client
         os.environ[MULTIPROC_ENV] = metrics_dir
+    else:  # no /metrics: workers keep their metrics in memory, not in a folder someone else set
+        os.environ.pop(MULTIPROC_ENV, None)
     supervisor = Supervisor(settings, reservation.getsockname()[1], metrics_dir)
     http = None
     try:
