@@ -25,7 +25,8 @@ class Settings:
     device: str = "cpu"  # torch device of the local backend: cpu, cuda, cuda:1
     torch_threads: int = 0  # torch intra-op threads of the local backend (0: torch's default)
     max_batch_size: int = 64  # rows per backend call, merged across requests
-    max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_wait_ms: float = 0.0  # extra wait of a batch's first request for company (0: none; batches still form
+    # from what arrives while the previous batch runs, so an idle backend answers at once: BENCHMARKS.md)
     max_queue: int = 1024  # requests waiting per model and network before RESOURCE_EXHAUSTED
     max_items: int = 4096  # images or latents in one request
     max_posterior_samples: int = 1024  # Encode's samples_per_image

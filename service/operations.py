@@ -31,7 +31,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class BatchingLimits:
     max_batch_size: int = 64
-    max_wait_s: float = 0.002
+    max_wait_s: float = 0.0
     max_queue: int = 1024
     score_chunk_rows: int = 2048
 
