@@ -28,6 +28,12 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _gib(kb: str) -> str:
+    """'24684096 kB' -> '23.5 GiB'."""
+    number = kb.split()[0]
+    return f"{int(number) / 1024**2:.1f} GiB" if number.isdigit() else kb
+
+
 def _git(*args: str) -> str:
     done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     return done.stdout.strip()
@@ -40,7 +46,7 @@ def describe(command: str) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _first("/proc/cpuinfo", "model name"),
         "cores": os.cpu_count(),
-        "memory": _first("/proc/meminfo", "MemTotal"),
+        "memory": _gib(_first("/proc/meminfo", "MemTotal")),
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": _version("torch"),
