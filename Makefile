@@ -70,9 +70,11 @@ responsiveness: setup
 
 # Every serving figure as a ratio to its limit, measured side by side (BENCHMARKS.md; a few minutes here).
 # BENCH_ARGS: e.g. --no-triton, --workers 1 2, --seconds 5, --soak 300 (then only the soak, into soak.json).
+# BENCH_NOTE: a line shown above the results (e.g. how quiet the machine was).
 bench: setup
 	$(PY) -m benchmarks.suite --out benchmarks/results $(BENCH_ARGS); status=$$?; \
-	  $(PY) -m benchmarks.report benchmarks/results/bench.json --markdown BENCHMARKS.md && exit $$status
+	  $(PY) -m benchmarks.report benchmarks/results/bench.json --markdown BENCHMARKS.md --note "$(BENCH_NOTE)" \
+	  && exit $$status
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

@@ -17,6 +17,8 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 def raw_table(rows: list[Row]) -> Table:
     raw = [r for r in rows if r.get("kind") == "raw"]
+    if not raw:
+        return "Raw TorchScript", [], []
     batches = sorted({r["batch"] for r in raw})
     threads = raw[0]["threads"] if raw else "?"
     cells = []
