@@ -51,9 +51,20 @@ def _heavy(request: Message) -> bool:
     return pngs > PNG_INLINE or request.ByteSize() > OFFLOAD_BYTES
 
 
-async def _images_reply(images: np.ndarray, output: rq.Output) -> vae_pb2.Images:
-    """Images in the requested encoding; PNG encoding or a big copy runs off the event loop."""
-    return await in_thread_if(images.nbytes > OFFLOAD_BYTES, codecs.images_to_proto, images, output.image_format)
+R = TypeVar("R", bound=Message)
+
+
+def _fill(reply: R, images: np.ndarray, output: rq.Output, latents: np.ndarray | None) -> R:
+    """The images (and latents) written into the reply in place (`codecs.fill_tensor` says why)."""
+    codecs.fill_images(reply.images, images, output.image_format)  # type: ignore[attr-defined]
+    if latents is not None:
+        codecs.fill_tensor(reply.latents, latents)  # type: ignore[attr-defined]
+    return reply
+
+
+async def _images_reply(reply: R, images: np.ndarray, output: rq.Output, latents: np.ndarray | None = None) -> R:
+    """`reply` with its images in the requested encoding; PNG encoding or a big copy runs off the event loop."""
+    return await in_thread_if(images.nbytes > OFFLOAD_BYTES, _fill, reply, images, output, latents)
 
 
 class VaeServicer:
@@ -104,55 +115,44 @@ class VaeServicer:
         req = await self._parse(self.parse.decode, request)
         images = await self.ops.decode(req, _deadline(context))
         self._items["Decode"].inc(len(images))
-        reply = await _images_reply(images, req.output)
-        return vae_pb2.DecodeResponse(images=reply, seed=req.seed, model=req.model.name)
+        return await _images_reply(vae_pb2.DecodeResponse(seed=req.seed, model=req.model.name), images, req.output)
 
     async def Reconstruct(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.reconstruct, request)
         images, latents = await self.ops.reconstruct(req, _deadline(context))
         self._items["Reconstruct"].inc(len(images))
-        reply = await _images_reply(images, req.output)
-        return vae_pb2.ReconstructResponse(
-            images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
-        )
+        reply = vae_pb2.ReconstructResponse(seed=req.seed, model=req.model.name)
+        return await _images_reply(reply, images, req.output, latents)
 
     async def Sample(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.sample, request)
         images, latents = await self.ops.sample(req, _deadline(context))
         self._items["Sample"].inc(len(images))
-        reply = await _images_reply(images, req.output)
-        return vae_pb2.SampleResponse(
-            images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
-        )
+        reply = vae_pb2.SampleResponse(seed=req.seed, model=req.model.name)
+        return await _images_reply(reply, images, req.output, latents)
 
     async def SampleStream(self, request, context):  # type: ignore[no-untyped-def]
         """Chunks decode one after another, so a client reading slowly holds back generation (flow control)."""
         req = await self._parse(self.parse.sample_stream, request)
         async for offset, images, latents in self.ops.sample_chunks(req, _deadline(context)):
             self._items["SampleStream"].inc(len(images))
-            reply = await _images_reply(images, req.output)
-            yield vae_pb2.SampleStreamResponse(
-                images=reply, latents=codecs.array_to_tensor(latents), offset=offset, seed=req.seed,
-                model=req.model.name,
-            )  # fmt: skip
+            reply = vae_pb2.SampleStreamResponse(offset=offset, seed=req.seed, model=req.model.name)
+            yield await _images_reply(reply, images, req.output, latents)
 
     async def Interpolate(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.interpolate, request)
         images, latents = await self.ops.interpolate(req, _deadline(context))
         self._items["Interpolate"].inc(len(images))
-        reply = await _images_reply(images, req.output)
-        return vae_pb2.InterpolateResponse(
-            images=reply, latents=codecs.array_to_tensor(latents), seed=req.seed, model=req.model.name
-        )
+        reply = vae_pb2.InterpolateResponse(seed=req.seed, model=req.model.name)
+        return await _images_reply(reply, images, req.output, latents)
 
     async def Arithmetic(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.arithmetic, request)
         images, latent = await self.ops.arithmetic(req, _deadline(context))
         self._items["Arithmetic"].inc(1)
-        return vae_pb2.ArithmeticResponse(
-            images=await _images_reply(images, req.output), latent=codecs.array_to_tensor(latent), seed=req.seed,
-            model=req.model.name,
-        )  # fmt: skip
+        reply = vae_pb2.ArithmeticResponse(seed=req.seed, model=req.model.name)
+        codecs.fill_tensor(reply.latent, latent)
+        return await _images_reply(reply, images, req.output)
 
     async def Score(self, request, context):  # type: ignore[no-untyped-def]
         req = await self._parse(self.parse.score, request)
@@ -164,12 +164,11 @@ class VaeServicer:
 def _encode_reply(
     mu: np.ndarray, logvar: np.ndarray, samples: np.ndarray | None, req: rq.Encode
 ) -> vae_pb2.EncodeResponse:
-    reply = vae_pb2.EncodeResponse(
-        mean=codecs.array_to_tensor(mu), log_variance=codecs.array_to_tensor(logvar), seed=req.seed,
-        model=req.model.name,
-    )  # fmt: skip
+    reply = vae_pb2.EncodeResponse(seed=req.seed, model=req.model.name)
+    codecs.fill_tensor(reply.mean, mu)
+    codecs.fill_tensor(reply.log_variance, logvar)
     if samples is not None:
-        reply.samples.CopyFrom(codecs.array_to_tensor(samples))
+        codecs.fill_tensor(reply.samples, samples)
     return reply
 
 

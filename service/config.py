@@ -24,6 +24,8 @@ class Settings:
     triton_timeout_s: float = 30.0  # per Triton call
     device: str = "cpu"  # torch device of the local backend: cpu, cuda, cuda:1
     torch_threads: int = 0  # torch intra-op threads of the local backend (0: torch's default)
+    inline_rows: int = 1  # local backend: calls of at most this many rows that find it idle run on the loop (0: never)
+    onednn: str = "auto"  # local backend on CPU: oneDNN convolution kernels: auto (timed per network at start), on, off
     max_batch_size: int = 64  # rows per backend call, merged across requests
     max_wait_ms: float = 0.0  # extra wait of a batch's first request for company (0: none; batches still form
     # from what arrives while the previous batch runs, so an idle backend answers at once: BENCHMARKS.md)
@@ -110,6 +112,8 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
     settings = Settings(**vars(args))
     if settings.backend not in ("local", "triton"):
         parser.error(f"--backend must be local or triton, got {settings.backend!r}")
+    if settings.onednn not in ("auto", "on", "off"):
+        parser.error(f"--onednn must be auto, on or off, got {settings.onednn!r}")
     if settings.workers < 1:
         parser.error(f"--workers must be at least 1, got {settings.workers}")
     return settings

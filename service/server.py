@@ -40,7 +40,8 @@ def make_backend(settings: Settings, models: dict[str, ModelSpec]) -> Backend:
         return TritonBackend.from_settings(models, settings)
     from service.backends.local import LocalBackend
 
-    return LocalBackend(models, settings.device, settings.torch_threads)
+    return LocalBackend(models, settings.device, settings.torch_threads, inline_rows=settings.inline_rows,
+                        onednn=settings.onednn, max_batch_size=settings.max_batch_size)  # fmt: skip
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
