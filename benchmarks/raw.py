@@ -2,7 +2,8 @@
 
 Called as the local backend calls them (numpy in, `torch.from_numpy`, inference mode, numpy out), with the same
 torch thread count as the service, so a service figure divided by this one is the share of the model's speed
-the serving path keeps.
+the serving path keeps. Each batch size is timed with oneDNN's convolution kernels and with PyTorch's own, and
+the faster counts (the service picks per network the same way, service/backends/kernels.py).
 
     python -m benchmarks.raw [--threads 0] [--seconds 1] [--batches 1 2 4 ... 512] [--json]
 """
@@ -54,7 +55,12 @@ def measure(repo: Path, threads: int, seconds: float, batches: list[int]) -> lis
         spec = model.encoder if network == "encoder" else model.decoder
         module = torch.jit.load(str(model.torchscript_path(spec))).eval()
         for batch in batches:
-            rate = images_per_second(module, inputs(model, network, batch), seconds)
+            rates = {}
+            for onednn in (True, False):
+                setattr(torch.backends.mkldnn, "enabled", onednn)  # noqa: B010 (typed as a descriptor)
+                rates[onednn] = images_per_second(module, inputs(model, network, batch), seconds / 2)
+            setattr(torch.backends.mkldnn, "enabled", True)  # noqa: B010
+            rate = max(rates.values())
             rows.append(
                 {
                     "kind": "raw",
@@ -63,6 +69,9 @@ def measure(repo: Path, threads: int, seconds: float, batches: list[int]) -> lis
                     "batch": batch,
                     "threads": torch.get_num_threads(),
                     "images_per_s": rate,
+                    "onednn": rates[True] >= rates[False],
+                    "images_per_s_onednn": rates[True],
+                    "images_per_s_native": rates[False],
                 }
             )
     return rows

@@ -102,9 +102,9 @@ def profile(args: argparse.Namespace, work: Path) -> tuple[Counter[str], int, di
     try:
         procs.wait_serving(server, "vae.v1.VaeService")
         raw = work / "profile.txt"
-        spy = subprocess.Popen([args.py_spy, "record", "-p", str(process.pid), "-r", str(RATE_HZ), "-d",
-                                str(int(args.seconds + 1)), "-f", "raw", "--threads", "--gil", "--nonblocking", "-o", str(raw)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        spy_argv = [args.py_spy, "record", "-p", str(process.pid), "-r", str(RATE_HZ), "-d", str(int(args.seconds + 1)),
+                    "-f", "raw", "--threads", "--gil", "--nonblocking", "-o", str(raw)]  # fmt: skip
+        spy = subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         load = _load(server.target, payload.save(work, args.method), payload.path, args.inflight, args.seconds)
         spy.wait(60)
     finally:
