@@ -26,7 +26,7 @@ class ServiceConfig:
     repo: Path
     max_batch_size: int = 64
     max_wait_ms: float | None = None  # None: the service's default
-    torch_threads: int = 0  # 0: the service's default (torch's)
+    torch_threads: int = 0  # 0: the service's default (cores / workers)
     workers: int = 1
     extra: tuple[str, ...] = ()  # e.g. --backend triton --triton-url ...
 

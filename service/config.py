@@ -23,7 +23,7 @@ class Settings:
     triton_url: str = "localhost:8001"  # Triton gRPC address, for --backend triton
     triton_timeout_s: float = 30.0  # per Triton call
     device: str = "cpu"  # torch device of the local backend: cpu, cuda, cuda:1
-    torch_threads: int = 0  # torch intra-op threads of the local backend (0: torch's default)
+    torch_threads: int = 0  # torch intra-op threads of the local backend (0: cores / workers)
     inline_rows: int = 1  # local backend: calls of at most this many rows that find it idle run on the loop (0: never)
     onednn: str = "auto"  # local backend on CPU: oneDNN convolution kernels: auto (timed per network at start), on, off
     max_batch_size: int = 64  # rows per backend call, merged across requests
