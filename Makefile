@@ -54,7 +54,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy training service vaecore tools
+	$(VENV)/bin/mypy training service vaecore tools benchmarks
 	cd proto && ../.tools/node_modules/.bin/buf lint
 
 generate: setup
