@@ -84,7 +84,10 @@ class VaeOperations:
 
     def _encode_call(self, model: ModelSpec):  # type: ignore[no-untyped-def]
         async def call(rows: np.ndarray) -> tuple[np.ndarray, ...]:
-            return await self.backend.encode(model, rows)
+            mu, logvar = await self.backend.encode(model, rows)
+            if self._latent is not None:  # every encoded row, once: per batch, not per request (cheaper under load)
+                self._latent.posterior(model.name, mu, logvar)
+            return mu, logvar
 
         return call
 
@@ -124,8 +127,6 @@ class VaeOperations:
     async def posterior(self, model: ModelSpec, images: np.ndarray, deadline: float | None = None):  # type: ignore[no-untyped-def]
         """(mu, logvar) of q(z|x), each [N, D]."""
         mu, logvar = await self._batched(model, "encoder", images, deadline)
-        if self._latent is not None:
-            self._latent.posterior(model.name, mu, logvar)
         return mu, logvar
 
     # --- the operations (domain requests in, numpy out) ---------------------------------------------
