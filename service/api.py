@@ -10,6 +10,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -267,26 +268,33 @@ def _check_parsed(request: Any) -> None:
         raise InvalidArgument("request", f"is not a valid {request.type_name} message ({request.reason})")
 
 
-# Both wrappers: in-flight gauge, latency, the request counter by status code, errors -> statuses. The metrics
-# are recorded before an error status is sent, so a client that has its answer finds it counted.
+@contextlib.asynccontextmanager
+async def _observed(series: _Series, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Around one RPC: in-flight gauge, latency, the request counter by status code, errors -> statuses.
+
+    The metrics are recorded before an error status is sent, so a client that has its answer finds it counted.
+    """
+    started, code, failure = time.perf_counter(), grpc.StatusCode.OK, None
+    series.in_flight.inc()
+    try:
+        yield
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away, or its deadline passed
+        code = _interrupted(context)
+        raise
+    except Exception as exc:
+        code, failure = status_for(exc)[0], exc
+    finally:
+        series.record(code, started)
+    if failure is not None:
+        await _refuse(series, context, failure)
 
 
 def _unary(series: _Series, handler: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
-        series.in_flight.inc()
-        try:
+        async with _observed(series, context):
             _check_parsed(request)
             return await handler(request, context)
-        except asyncio.CancelledError:
-            code = _interrupted(context)
-            raise
-        except Exception as exc:
-            code, failure = status_for(exc)[0], exc
-        finally:
-            series.record(code, started)
-        await _refuse(series, context, failure)  # reached only when the handler raised
 
     return wrapper
 
@@ -294,21 +302,10 @@ def _unary(series: _Series, handler: Callable[..., Any]) -> Callable[..., Any]:
 def _streaming(series: _Series, handler: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started, code, failure = time.perf_counter(), grpc.StatusCode.OK, None
-        series.in_flight.inc()
-        try:
+        async with _observed(series, context):
             _check_parsed(request)
             async for message in handler(request, context):
                 yield message
-        except (asyncio.CancelledError, GeneratorExit):
-            code = _interrupted(context)
-            raise
-        except Exception as exc:
-            code, failure = status_for(exc)[0], exc
-        finally:
-            series.record(code, started)
-        if failure is not None:
-            await _refuse(series, context, failure)
 
     return wrapper
 

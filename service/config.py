@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+ONEDNN_SETTINGS = ("auto", "on", "off")  # --onednn (service/backends/kernels.py)
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "deploy" / "model_repository"
 
 
@@ -112,8 +113,8 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
     settings = Settings(**vars(args))
     if settings.backend not in ("local", "triton"):
         parser.error(f"--backend must be local or triton, got {settings.backend!r}")
-    if settings.onednn not in ("auto", "on", "off"):
-        parser.error(f"--onednn must be auto, on or off, got {settings.onednn!r}")
+    if settings.onednn not in ONEDNN_SETTINGS:
+        parser.error(f"--onednn must be one of {', '.join(ONEDNN_SETTINGS)}, got {settings.onednn!r}")
     if settings.workers < 1:
         parser.error(f"--workers must be at least 1, got {settings.workers}")
     return settings

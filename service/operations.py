@@ -125,9 +125,8 @@ class VaeOperations:
         return await offload(_join, results, work=sum(part.size for part in results[0]) * len(results))
 
     async def posterior(self, model: ModelSpec, images: np.ndarray, deadline: float | None = None):  # type: ignore[no-untyped-def]
-        """(mu, logvar) of q(z|x), each [N, D]."""
-        mu, logvar = await self._batched(model, "encoder", images, deadline)
-        return mu, logvar
+        """(mu, logvar) of q(z|x), each [N, D] (latent health sees them per batch: `_encode_call`)."""
+        return await self._batched(model, "encoder", images, deadline)
 
     # --- the operations (domain requests in, numpy out) ---------------------------------------------
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from service.config import ONEDNN_SETTINGS
+
 log = logging.getLogger(__name__)
 
 SMALL_ROWS = 4  # calls of at most this many rows follow the one-row measurement, larger ones the full batch's
@@ -38,11 +40,9 @@ class KernelChoice:
 
 def fixed(setting: str) -> KernelChoice | None:
     """`on`/`off` pin the choice for every network; `auto` (None) times each one."""
-    if setting == "auto":
-        return None
-    if setting in ("on", "off"):
-        return KernelChoice(setting == "on", setting == "on")
-    raise ValueError(f"--onednn must be auto, on or off, got {setting!r}")
+    if setting not in ONEDNN_SETTINGS:
+        raise ValueError(f"--onednn must be one of {', '.join(ONEDNN_SETTINGS)}, got {setting!r}")
+    return None if setting == "auto" else KernelChoice(setting == "on", setting == "on")
 
 
 def _seconds(module: torch.jit.ScriptModule, batch: torch.Tensor, onednn: bool) -> float:

@@ -7,8 +7,6 @@ serve the whole module: TLS + bearer tokens, and mutual TLS.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import subprocess
 import sys
@@ -19,10 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -39,6 +34,7 @@ from service.security import (
     read_tokens,
     server_credentials,
 )
+from tests.pki import LOOPBACK, certificate, new_key, write
 from tests.service.harness import ServerThread, serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,53 +42,7 @@ TOKEN, OTHER_TOKEN, RETIRED_TOKEN = "s3cret-token-A", "s3cret-token-B", "retired
 SAMPLE = "/vae.v1.VaeService/Sample"
 
 
-# --- certificates --------------------------------------------------------------------------------------------------
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
-    usage: x509.ObjectIdentifier | None = None,
-    san: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    issuer_name, signing_key = (issuer[0].subject, issuer[1]) if issuer else (_name(subject), key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if issuer is None:
-        builder = builder.add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(signing_key, hashes.SHA256())
-
-
-def _write(folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> Path:
-    path = folder / f"{name}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    if key is not None:
-        (folder / f"{name}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    return path
+# --- certificates (tests/pki.py) ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -112,24 +62,23 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("pki")
-    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("ca", "server", "client", "rogue", "rogue-c")}
-    ca = _certificate("test CA", keys["ca"])
-    rogue = _certificate("rogue CA", keys["rogue"])
-    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    server = _certificate("localhost", keys["server"], (ca, keys["ca"]), ExtendedKeyUsageOID.SERVER_AUTH, san)
-    client = _certificate("client", keys["client"], (ca, keys["ca"]), ExtendedKeyUsageOID.CLIENT_AUTH)
-    rogue_client = _certificate("client", keys["rogue-c"], (rogue, keys["rogue"]), ExtendedKeyUsageOID.CLIENT_AUTH)
+    keys = {name: new_key() for name in ("ca", "server", "client", "rogue", "rogue-c")}
+    ca = certificate("test CA", keys["ca"])
+    rogue = certificate("rogue CA", keys["rogue"])
+    server = certificate("localhost", keys["server"], (ca, keys["ca"]), ExtendedKeyUsageOID.SERVER_AUTH, LOOPBACK)
+    client = certificate("client", keys["client"], (ca, keys["ca"]), ExtendedKeyUsageOID.CLIENT_AUTH)
+    rogue_client = certificate("client", keys["rogue-c"], (rogue, keys["rogue"]), ExtendedKeyUsageOID.CLIENT_AUTH)
     tokens = folder / "tokens"
     tokens.write_text(f"# tokens of the test clients\n\n{TOKEN}\n  {OTHER_TOKEN}  \n# {RETIRED_TOKEN}\n")
     return Pki(
         folder,
-        ca=_write(folder, "ca", ca),
-        server_cert=_write(folder, "server", server, keys["server"]),
+        ca=write(folder, "ca", ca),
+        server_cert=write(folder, "server", server, keys["server"]),
         server_key=folder / "server.key",
-        client_cert=_write(folder, "client", client, keys["client"]),
+        client_cert=write(folder, "client", client, keys["client"]),
         client_key=folder / "client.key",
-        rogue_ca=_write(folder, "rogue-ca", rogue),
-        rogue_client_cert=_write(folder, "rogue-client", rogue_client, keys["rogue-c"]),
+        rogue_ca=write(folder, "rogue-ca", rogue),
+        rogue_client_cert=write(folder, "rogue-client", rogue_client, keys["rogue-c"]),
         rogue_client_key=folder / "rogue-client.key",
         tokens=tokens,
     )

@@ -11,8 +11,6 @@ without the right CA or certificate never gets a ready Triton."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import shutil
 import threading
 import time
@@ -24,10 +22,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.backends.triton import TritonBackend, TritonTls
@@ -35,6 +29,7 @@ from service.batching import DynamicBatcher, call_deadline
 from service.config import Settings
 from service.errors import DeadlineExceeded, Unavailable
 from service.proto_gen.vae.v1 import vae_pb2 as V
+from tests.pki import LOOPBACK, certificate, new_key, write
 from tests.service.harness import ServerThread, serving, stub_for
 from training.export import derive_python_variant
 from training.triton_local import GrpcTls, TritonServer
@@ -48,7 +43,7 @@ FAIL_FAST_BOUND_S = 1.0  # a request while Triton is known down
 RECOVERY_BOUND_S = 3.0  # Triton ready -> first OK reply through the service (the aim is about 1 s)
 
 
-# --- certificates, made here ---------------------------------------------------------------------------------
+# --- certificates, made here (tests/pki.py) ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -61,44 +56,20 @@ class Pki:
     other_ca: Path  # signed nothing here
 
 
-def _issue(
-    folder: Path, name: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, server: bool = False
-) -> tuple[x509.Name, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_name, issuer_key = issuer or (subject, key)
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if server:
-        sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(issuer_key, hashes.SHA256())
-    (folder / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (folder / f"{name}.key").write_bytes(pem_key)
-    return subject, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("pki")
-    ca = _issue(folder, "ca", None)
-    _issue(folder, "server", ca, server=True)
-    _issue(folder, "client", ca)
-    _issue(folder, "other-ca", None)
+    keys = {name: new_key() for name in ("ca", "server", "client", "other-ca")}
+    ca = certificate("ca", keys["ca"])
+    server = certificate("localhost", keys["server"], (ca, keys["ca"]), san=LOOPBACK)
+    client = certificate("client", keys["client"], (ca, keys["ca"]))
     return Pki(
-        *(folder / f for f in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key", "other-ca.crt"))
+        ca=write(folder, "ca", ca),
+        server_cert=write(folder, "server", server, keys["server"]),
+        server_key=folder / "server.key",
+        client_cert=write(folder, "client", client, keys["client"]),
+        client_key=folder / "client.key",
+        other_ca=write(folder, "other-ca", certificate("other-ca", keys["other-ca"])),
     )
 
 
@@ -216,39 +187,37 @@ class Load:
             assert not worker.is_alive(), "a request never ended"
 
 
-def _first_ok_after(server: ServerThread, since: float, timeout: float = 30.0) -> float:
-    """Seconds from `since` to the end of the first OK reply; requests sent back to back until one is OK."""
+def _first_ok_after(
+    server: ServerThread, since: float, thawed: TritonServer | None = None, timeout: float = 30.0
+) -> tuple[float, bool]:
+    """Seconds from `since` to the end of the first OK reply (requests sent back to back until one is OK), and
+    whether `thawed` had to be restarted first.
+
+    `thawed`: a Triton just resumed from SIGSTOP. The tritonserver here (nvidia-pytriton's, Python backend) aborts
+    within a second of being thawed under load about one time in three (`std::length_error` or
+    `boost::interprocess::lock_exception` in libtriton_python.so, in its log; seen with and without this service
+    cancelling its abandoned calls): a crash in Triton, not in the service. The thawed server then never serves
+    again, so it is restarted, and the service must serve within the same bound of the restarted server's
+    readiness."""
+    restarted = False
     with stub_for(server) as stub:
         while time.monotonic() - since < timeout:
-            _, ended, code = _call(stub, timeout=5.0)
-            if code == OK:
-                return ended - since
-            assert code == UNAVAILABLE, code
-    raise AssertionError(f"no OK reply within {timeout}s")
-
-
-def _recovery_after_thaw(server: ServerThread, triton: TritonServer, timeout: float = 30.0) -> tuple[float, bool]:
-    """Seconds from Triton answering ready after SIGCONT to the service's first OK reply, and whether Triton had
-    to be restarted first. The tritonserver here (nvidia-pytriton's, Python backend) sometimes aborts within
-    a second of being thawed under load (`std::length_error` or `boost::interprocess::lock_exception` in
-    libtriton_python.so, in its log; seen with and without this service cancelling its abandoned calls), a
-    crash in Triton, not in the service. Then the thawed server never serves again, so it is restarted, and
-    the service must serve within the same bound of the restarted server's readiness."""
-    since = _triton_ready_at(triton)
-    crashed = False
-    with stub_for(server) as stub:
-        while time.monotonic() - since < timeout:
-            if not crashed and triton.process is not None and triton.process.poll() is not None:
-                crashed = True
-                triton.start()  # returns once Triton's readiness endpoint answers 200
+            if (
+                thawed is not None
+                and not restarted
+                and thawed.process is not None
+                and thawed.process.poll() is not None
+            ):
+                restarted = True
+                thawed.start()  # returns once Triton's readiness endpoint answers 200
                 since = time.monotonic()
                 continue
             _, ended, code = _call(stub, timeout=5.0)
             if code == OK:
-                return ended - since, crashed
+                return ended - since, restarted
             assert code == UNAVAILABLE, code
             time.sleep(0.01)
-    raise AssertionError(f"no OK reply within {timeout}s (Triton crashed and was restarted: {crashed})")
+    raise AssertionError(f"no OK reply within {timeout}s (Triton restarted after a crash: {restarted})")
 
 
 def _triton_ready_at(triton: TritonServer, timeout: float = 30.0) -> float:
@@ -300,7 +269,7 @@ def test_frozen_triton_fails_requests_fast_and_serving_resumes_when_it_thaws(
         time.sleep(0.5)  # the load keeps sending while Triton is known down
     _check_outage(load, frozen_at, known_down_at, "SIGSTOP")
     triton.resume()
-    recovery, crashed = _recovery_after_thaw(service, triton)
+    recovery, crashed = _first_ok_after(service, _triton_ready_at(triton), thawed=triton)
     after = "restarted after its Python backend aborted on thaw" if crashed else "answered ready"
     print(f"SIGCONT: first OK reply {recovery:.2f} s after Triton {after}")
     assert recovery < RECOVERY_BOUND_S
@@ -319,7 +288,7 @@ def test_killed_triton_fails_requests_fast_and_serving_resumes_after_restart(
         time.sleep(0.5)
     _check_outage(load, killed_at, known_down_at, "SIGKILL")
     triton.start()  # returns once Triton's readiness endpoint answers 200 (polled every 50 ms)
-    recovery = _first_ok_after(service, time.monotonic())
+    recovery, _ = _first_ok_after(service, time.monotonic())
     print(f"restart: first OK reply {recovery:.2f} s after Triton answered ready")
     assert recovery < RECOVERY_BOUND_S
     _wait_health(service, SERVING, timeout=RECOVERY_BOUND_S)
