@@ -115,13 +115,11 @@ class VaeOperations:
     async def _batched(self, model: ModelSpec, network: str, rows: np.ndarray, deadline: float | None):  # type: ignore[no-untyped-def]
         batcher = self._batchers[(model.name, network)]
         size = self.limits.max_batch_size
+        if len(rows) <= size:  # the common case: one chunk
+            return await batcher.submit(rows, deadline)
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
-        if len(chunks) == 1:
-            return await batcher.submit(chunks[0], deadline)
         batcher.admit()  # refuse a new request when full; once admitted, its chunks wait for room
         results = await asyncio.gather(*(batcher.submit(c, deadline, wait_for_room=True) for c in chunks))
-        if len(results) == 1:
-            return results[0]
         return await offload(_join, results, work=sum(part.size for part in results[0]) * len(results))
 
     async def posterior(self, model: ModelSpec, images: np.ndarray, deadline: float | None = None):  # type: ignore[no-untyped-def]
