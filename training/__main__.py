@@ -34,6 +34,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden-channels", type=int, default=m.hidden_channels)
     p.add_argument("--hidden-units", type=int, default=m.hidden_units)
     p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=m.likelihood)
+    p.add_argument("--stages", type=int, default=m.stages, help="stride-2 stages (2 for 28x28, 4 for 64x64)")
+    p.add_argument("--encoder-blocks", type=int, default=m.encoder_blocks, help="residual blocks per stage")
+    p.add_argument("--decoder-blocks", type=int, default=m.decoder_blocks,
+                   help="residual blocks per stage (each one slows decoding)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--init-from", type=Path, help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--stop-after-epoch", type=int, help="end this call after that epoch; continue with --resume")
@@ -64,6 +68,9 @@ def _run_train(args: argparse.Namespace) -> None:
             hidden_channels=args.hidden_channels,
             hidden_units=args.hidden_units,
             likelihood=args.likelihood,
+            stages=args.stages,
+            encoder_blocks=args.encoder_blocks,
+            decoder_blocks=args.decoder_blocks,
         ),
     )
     best = train(config, args.out, args.resume, args.init_from, args.stop_after_epoch)
@@ -77,6 +84,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate only the first N test images (quick looks)")
     p.add_argument("--seed", type=int, default=0, help="seeds the test binarization and the sampling")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (full float32 there: TF32 is switched off)")
     p.add_argument("--out", type=Path, help="write the result as JSON here")
     p.set_defaults(handler=_run_evaluate)
 
@@ -93,9 +101,12 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     images = data.test.images[: args.limit]
     x = fixed_binarization(images, args.seed) if model.config.likelihood == "bernoulli" else torch.from_numpy(images)
     torch.manual_seed(args.seed)
-    result = evaluate(model, x, args.k)
+    if args.device != "cpu":  # the published figure is a float32 one, whatever the card defaults to
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    result = evaluate(model.to(args.device), x.to(args.device), args.k)
     payload = {**result.to_dict(), "dataset": data.name, "split": "test", "binarization_seed": args.seed,
-               "checkpoint_epoch": checkpoint.get("epoch")}  # fmt: skip
+               "checkpoint_epoch": checkpoint.get("epoch"), "device": args.device}  # fmt: skip
     text = json.dumps(payload, indent=1)
     print(text)
     if args.out:

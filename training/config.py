@@ -19,10 +19,25 @@ class ModelConfig:
     hidden_channels: int = 32
     hidden_units: int = 256
     likelihood: Likelihood = "bernoulli"
+    # Stride-2 stages (channels double at each): 2 for 28x28 (-> 7x7), 4 for 64x64 (-> 4x4).
+    stages: int = 2
+    # Pre-activation residual blocks (two 3x3 convs) after each encoder stage / before each decoder stage.
+    # 0 and 0 is the original shallow network, which is what checkpoints without these keys were.
+    encoder_blocks: int = 0
+    decoder_blocks: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         return cls(**data)
+
+    @property
+    def bottom_side(self) -> int:
+        """Side of the smallest feature map, after all stride-2 stages."""
+        return self.image_size // 2**self.stages
+
+    def channels(self, stage: int) -> int:
+        """Feature channels after stride-2 stage `stage` (1-based): hidden_channels doubling per stage."""
+        return self.hidden_channels * 2 ** (stage - 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -51,7 +51,7 @@ def iwae_log_likelihood(
     for start in range(0, len(images), per_batch):
         x = images[start : start + per_batch]
         mu, logvar = model.encoder(x)
-        log_sum = torch.full((len(x),), -math.inf)
+        log_sum = torch.full((len(x),), -math.inf, device=x.device)
         for done in range(0, samples, chunk):
             k = min(chunk, samples - done)
             z = losses.reparameterize(mu, logvar, k)
@@ -65,7 +65,7 @@ def iwae_log_likelihood(
         if len(results) % 20 == 0:  # the running estimate, so a long run shows where it is heading
             bar.set_postfix(nll=f"{-float(torch.cat(results).mean()):.2f}", refresh=False)
     bar.close()
-    return torch.cat(results)
+    return torch.cat(results).cpu()
 
 
 def evaluate(model: ConvVAE, images: torch.Tensor, samples: int, progress: bool = True) -> Evaluation:

@@ -16,19 +16,40 @@ from training import losses
 from training.config import ModelConfig
 
 
+class ResidualBlock(nn.Module):
+    """x + conv3x3(ELU(conv3x3(ELU(x)))): depth without losing the signal path (He et al. 2016)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 class Encoder(nn.Module):
     """x [B, C, H, W] in [0, 1] -> (mu, logvar), each [B, latent_dim]."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        c, side = config.hidden_channels, config.image_size // 4
+        layers: list[nn.Module] = []
+        in_channels = config.image_channels
+        for stage in range(1, config.stages + 1):
+            out_channels = config.channels(stage)
+            layers += [nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1)]
+            layers += [ResidualBlock(out_channels) for _ in range(config.encoder_blocks)]
+            layers += [nn.ELU()]
+            in_channels = out_channels
+        side = config.bottom_side
         self.features = nn.Sequential(
-            nn.Conv2d(config.image_channels, c, 4, stride=2, padding=1),
-            nn.ELU(),
-            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1),
-            nn.ELU(),
+            *layers,
             nn.Flatten(),
-            nn.Linear(2 * c * side * side, config.hidden_units),
+            nn.Linear(in_channels * side * side, config.hidden_units),
             nn.ELU(),
         )
         self.head = nn.Linear(config.hidden_units, 2 * config.latent_dim)
@@ -43,17 +64,19 @@ class Decoder(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        c, side = config.hidden_channels, config.image_size // 4
-        self.net = nn.Sequential(
+        side, bottom = config.bottom_side, config.channels(config.stages)
+        layers: list[nn.Module] = [
             nn.Linear(config.latent_dim, config.hidden_units),
             nn.ELU(),
-            nn.Linear(config.hidden_units, 2 * c * side * side),
-            nn.ELU(),
-            nn.Unflatten(1, (2 * c, side, side)),
-            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1),
-            nn.ELU(),
-            nn.ConvTranspose2d(c, config.image_channels, 4, stride=2, padding=1),
-        )
+            nn.Linear(config.hidden_units, bottom * side * side),
+            nn.Unflatten(1, (bottom, side, side)),
+        ]
+        for stage in range(config.stages, 0, -1):
+            in_channels = config.channels(stage)
+            out_channels = config.channels(stage - 1) if stage > 1 else config.image_channels
+            layers += [ResidualBlock(in_channels) for _ in range(config.decoder_blocks)]
+            layers += [nn.ELU(), nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -64,8 +87,8 @@ class ConvVAE(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if config.image_size % 4 != 0:
-            raise ValueError(f"image_size must be a multiple of 4, got {config.image_size}")
+        if config.stages < 1 or config.image_size % 2**config.stages != 0:
+            raise ValueError(f"image_size must be a multiple of 2**stages, got {config.image_size}, {config.stages}")
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
