@@ -105,6 +105,8 @@ def results_section(document: Document, soak: Document | None, markdown: Path, p
         f"- Machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory']} memory; {meta['os']}",
         f"- Date: {meta['date']}; commit {meta['commit']}; Python {meta['python']}, torch {meta['torch']}, "
         f"grpcio {meta['grpcio']}",
+        f"- Load generator: {meta.get('loadgen_procs', 1)} client process(es) per row (fewer on rows with fewer "
+        "in flight)",
         "",
         f"![benchmark plot]({picture})",
         "",

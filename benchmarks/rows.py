@@ -25,6 +25,12 @@ class Load:
     warmup: float
     calls: int | None = None  # a fixed number of calls instead of a time (the 100k-image stream)
     channels: int = 1
+    procs: int = 1  # client processes (--loadgen-procs); a row with fewer tasks gets one process per task
+
+    @property
+    def client_procs(self) -> int:
+        """The load generator's --procs for this row: each process needs a task of its own."""
+        return max(1, min(self.procs, self.inflight))
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ def loadgen_argv(target: str, payloads: list[Payload], load: Load, folder: Path)
         str(load.warmup),
         "--channels",
         str(load.channels),
+        "--procs",
+        str(load.client_procs),
     ]
     for payload in payloads:
         name = hashlib.sha256(payload.path.encode() + payload.body).hexdigest()[:16]
@@ -101,6 +109,7 @@ def load_row(label: Label, target: str, payload: Payload, load: Load, folder: Pa
         "method": label.method,
         "n": payload.items,
         "inflight": load.inflight,
+        "procs": load.client_procs,  # also on a row whose load generator failed
         **stats,
         "images_per_s": stats["rate"] * payload.items,
         "wall_s": round(time.perf_counter() - started, 2),

@@ -56,7 +56,8 @@ class Run:
 
     def load(self, inflight: int, workers: int) -> Load:
         # One connection per worker is not enough: SO_REUSEPORT hashes connections, so give it several.
-        return Load(inflight, self.opts.seconds, self.opts.warmup, channels=1 if workers == 1 else 4 * workers)
+        channels = 1 if workers == 1 else 4 * workers
+        return Load(inflight, self.opts.seconds, self.opts.warmup, channels=channels, procs=self.opts.loadgen_procs)
 
 
 def progress_line(rows: list[Row], row: Row, opts: argparse.Namespace) -> str:
@@ -131,7 +132,7 @@ def warm_up(run: Run, target: str, make: PayloadFor) -> None:
     if run.opts.warmup_load <= 0:
         return
     for method in run.opts.methods:
-        load = Load(max(run.opts.inflight), run.opts.warmup_load, 0.0)
+        load = Load(max(run.opts.inflight), run.opts.warmup_load, 0.0, procs=run.opts.loadgen_procs)
         run_load(target, [make(method, run.model)], load, run.work / "requests")
 
 
@@ -167,7 +168,7 @@ def bulk(run: Run, workers: int, service: Server) -> None:
             Label("service", workers, "Sample"),
             service.target,
             sample,
-            Load(1, run.opts.seconds, run.opts.warmup),
+            Load(1, run.opts.seconds, run.opts.warmup, procs=run.opts.loadgen_procs),
             run.work / "requests",
         )
     )
@@ -177,7 +178,7 @@ def bulk(run: Run, workers: int, service: Server) -> None:
             Label("service", workers, "SampleStream"),
             service.target,
             stream,
-            Load(1, 0.0, 0.0, calls=1),
+            Load(1, 0.0, 0.0, calls=1, procs=run.opts.loadgen_procs),
             run.work / "requests",
         )
     )
@@ -276,13 +277,13 @@ def soak_phase(run: Run) -> None:
     try:
         payloads = [service_request(m, run.model) for m in o.methods]
         high = targets.TARGET_INFLIGHT if targets.TARGET_INFLIGHT in o.inflight else max(o.inflight)
-        run_load(service.target, payloads, Load(high, min(30.0, max(5.0, o.soak / 10)), 0.0), run.work)
+        warm = Load(high, min(30.0, max(5.0, o.soak / 10)), 0.0, procs=o.loadgen_procs)
+        run_load(service.target, payloads, warm, run.work)
         warm_kb = memory_kb(service.process.pid, "VmRSS")
-        stats, samples = sampled_load(
-            run, service, payloads, Load(high, o.soak, 0.0, channels=run.load(1, workers).channels)
-        )
+        load = replace(run.load(high, workers), seconds=o.soak, warmup=0.0)
+        stats, samples = sampled_load(run, service, payloads, load)
         label = {"kind": "load", "server": "service", "workers": workers, "method": "+".join(o.methods), "n": 1}
-        run.add({**label, "inflight": high, **stats, "images_per_s": stats["rate"]})
+        run.add({**label, "inflight": high, "procs": load.client_procs, **stats, "images_per_s": stats["rate"]})
         run.add(memory_row("soak", workers, service.process.pid, warm_kb, seconds=o.soak, rss_samples_kb=samples))
     finally:
         stop(service)
@@ -326,6 +327,7 @@ def finish(run: Run, name: str) -> int:
         **machine.describe(command),
         "wall_s": round(time.perf_counter() - run.started, 1),
         "options": _jsonable(vars(o)),
+        "loadgen_procs": o.loadgen_procs,  # client processes per load generator (fewer on rows with fewer in flight)
     }
     document = {"meta": meta, "rows": run.rows, "targets": found}
     o.out.mkdir(parents=True, exist_ok=True)
@@ -359,6 +361,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--raw-batches", type=int, nargs="+", default=[2**i for i in range(10)])
     p.add_argument("--bulk-n", type=int, default=1024, help="images per bulk Sample request")
     p.add_argument("--stream-n", type=int, default=100_000, help="images in the one SampleStream call")
+    p.add_argument(
+        "--loadgen-procs",
+        type=int,
+        default=1,
+        help="client processes per load generator, every row alike (one process saturates a core before a "
+        "multi-worker server does); a row with fewer in flight gets one per request",
+    )
     p.add_argument("--triton", action=argparse.BooleanOptionalAction, default=True, help="Triton rows (slow)")
     p.add_argument(
         "--quick",
@@ -367,6 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--soak", type=float, default=0.0, help="instead: constant load this many seconds, RSS drift")
     o = p.parse_args(argv)
+    if o.loadgen_procs < 1:
+        p.error("--loadgen-procs must be at least 1")
     if o.quick:
         o.seconds, o.warmup, o.warmup_load, o.raw_seconds, o.triton = 0.5, 0.2, 0.0, 0.2, False
         o.inflight, o.raw_batches, o.stream_n = [8], [1, o.max_batch_size], 1024

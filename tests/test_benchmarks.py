@@ -4,16 +4,23 @@ replies of the service's size, a real PNG, BENCHMARKS.md's section rendered), ne
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import report, targets
+from benchmarks import loadgen, report, targets
+from benchmarks.payloads import SERVICE, Payload
+from benchmarks.procs import Server, stop
+from benchmarks.rows import Load, loadgen_argv
+from benchmarks.servers import start_transport
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("Sample", "Decode", "Encode")
@@ -83,3 +90,81 @@ def test_a_ratio_on_a_row_without_replies_is_an_error_not_a_result() -> None:
     good = {"kind": "load", "ok": 10, "errors": 0, "rate": 5.0}
     assert targets._status(0.0, lambda v: v >= 0.8, empty, good) == "ERROR"
     assert targets._status(0.9, lambda v: v >= 0.8, good, good) == "PASS"
+
+
+# --- the multi-process load generator (--procs) ------------------------------------------------------------
+
+REPLY = b"r" * 100
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    """The transport server on loopback answering Sample with fixed bytes, and a request file to send it."""
+    folder = tmp_path_factory.mktemp("loadgen")
+    (folder / "reply.bin").write_bytes(REPLY)
+    (folder / "request.bin").write_bytes(b"q" * 10)
+    server = start_transport({SERVICE + "Sample": folder / "reply.bin"}, 1, folder / "logs")
+    try:
+        yield server, folder / "request.bin"
+    finally:
+        stop(server)
+
+
+def _loadgen(bare_server: tuple[Server, Path], *options: str) -> dict[str, Any]:
+    server, request = bare_server
+    argv = [sys.executable, "-m", "benchmarks.loadgen", "--target", server.target]
+    done = subprocess.run([*argv, "--call", SERVICE + "Sample", str(request), *options], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout))
+
+
+def test_procs_split_tasks_and_connections_over_one_window(bare_server: tuple[Server, Path]) -> None:
+    out = _loadgen(bare_server, "--inflight", "5", "--channels", "3", "--procs", "2", "--seconds", "0.5",
+                   "--warmup", "0.2")  # fmt: skip
+    assert out["procs"] == 2 and out["errors"] == 0 and out["ok"] > 0, out
+    children = out["children"]
+    assert [(c["inflight"], c["channels"]) for c in children] == [(3, 2), (2, 1)]
+    assert all(c["ok"] > 0 for c in children) and sum(c["ok"] for c in children) == out["ok"]
+    # one common window: it ends with the last call started before its end, not at the sum of the children's
+    assert 0.5 <= out["elapsed_s"] < 1.5 and out["rate"] == pytest.approx(out["ok"] / out["elapsed_s"], rel=1e-3)
+    assert out["reply_bytes"] == [len(REPLY)] and out["inflight"] == 5 and out["channels"] == 3
+    assert 0 < out["p50_ms"] <= out["p99_ms"]
+
+
+def test_procs_split_calls_exactly(bare_server: tuple[Server, Path]) -> None:
+    out = _loadgen(bare_server, "--inflight", "4", "--procs", "2", "--calls", "7")
+    assert (out["ok"], out["errors"], out["procs"]) == (7, 0, 2), out
+    assert [(c["calls"], c["ok"]) for c in out["children"]] == [(4, 4), (3, 3)]
+    assert out["channels"] == 2  # --channels 1 asked, but each process needs a connection of its own
+
+
+def test_more_procs_than_inflight_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        loadgen.parse_args(["--target", "x:1", "--call", "/a/b", "f", "--inflight", "2", "--procs", "3"])
+    assert exit_.value.code == 2 and "--procs 3 > --inflight 2" in capsys.readouterr().err
+
+
+def test_percentiles_come_from_the_merged_samples_not_averaged() -> None:
+    """Three calls of 1 ms in one child and one of 9 ms in the other: the median call took 1 ms (averaging the
+    children's medians would say 5 ms); counts are summed, the window is the longer child's."""
+    args = argparse.Namespace(inflight=4, channels=1, calls=None, procs=2, seconds=1.0, warmup=0.0)
+    parts = loadgen.child_args(args)
+    counts = {"errors": {}, "first_error": "", "sizes": [100], "messages": 0, "elapsed": 1.0}
+    slow = {"errors": {"UNAVAILABLE": 2}, "first_error": "UNAVAILABLE: x", "sizes": [120], "messages": 3,
+            "elapsed": 1.25}  # fmt: skip
+    latencies = [np.full(3, 0.001), np.full(1, 0.009)]
+    out = loadgen.merge(args, parts, [(latencies[0], counts), (latencies[1], slow)])
+    merged_ms = np.concatenate(latencies) * 1000
+    assert out["p50_ms"] == pytest.approx(1.0) and merged_ms.min() <= out["p99_ms"] <= merged_ms.max()
+    assert (out["ok"], out["errors"], out["error_codes"]) == (4, 2, {"UNAVAILABLE": 2})
+    assert out["first_error"] == "UNAVAILABLE: x"  # the first non-empty one
+    assert (out["reply_bytes"], out["messages"], out["elapsed_s"], out["rate"]) == ([100, 120], 3, 1.25, 4 / 1.25)
+    assert [c["ok"] for c in out["children"]] == [3, 1] and out["channels"] == 2
+
+
+def test_suite_rows_ask_for_at_most_one_process_per_request(tmp_path: Path) -> None:
+    payload = Payload(SERVICE + "Sample", b"q")
+    for inflight, expected in ((8, "4"), (2, "2"), (1, "1")):
+        argv = loadgen_argv("127.0.0.1:1", [payload], Load(inflight, 1.0, 0.0, procs=4), tmp_path)
+        assert argv[argv.index("--procs") + 1] == expected
