@@ -6,6 +6,11 @@ interpolate a.png b.png --out row.png    a row from one image to another
 reconstruct a.png b.png --out r.png      inputs above their reconstructions
 arithmetic 1:a.png -1:b.png 1.5:thickness --out x.png
 score a.png b.png                        ELBO and log p(x) per image (nats)
+
+Pictures are written in the model's colours: grayscale for a one-channel model, RGB for a colour one. Input PNGs
+are read by the server's rules (README "Limits"): RGB, RGBA (alpha ignored) and palette files for a colour
+model, a grayscale file's gray repeated in R, G and B; 16-bit files at full precision; each file must be the
+model's size, or the command stops naming it.
 """
 
 from __future__ import annotations
@@ -17,19 +22,35 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from PIL import Image
 
 from service.client import VaeClient, describe_error
+from service.codecs import decode_png
+from service.errors import InvalidArgument
 from service.security import SecurityError, read_client_token
 from vaecore.images import save_grid as save
 
 TOKEN_ENV = "VAE_CLIENT_TOKEN"
 
 
-def read_png(path: Path, channels: int) -> np.ndarray:
-    with Image.open(path) as picture:
-        pixels = np.asarray(picture.convert("L" if channels == 1 else "RGB"), np.float32) / 255.0
-    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+class InputError(Exception):
+    """An input file the command cannot use; the message names it."""
+
+
+def read_png(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """float32 [C, H, W] in [0, 1], converted to the model's channels by the same rules the server applies to
+    PNG inputs (`service.codecs.decode_png`); a file of the wrong size or an unreadable one is an `InputError`."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return decode_png(data, image_shape, str(path))
+    except InvalidArgument as exc:
+        raise InputError(str(exc)) from None
+
+
+def read_pngs(paths: list[Path], image_shape: tuple[int, int, int]) -> np.ndarray:
+    return np.stack([read_png(p, image_shape) for p in paths])
 
 
 def save_grid(images: np.ndarray, cols: int, path: Path) -> None:
@@ -37,8 +58,8 @@ def save_grid(images: np.ndarray, cols: int, path: Path) -> None:
     print(f"wrote {path}")
 
 
-def _value(text: str, channels: int) -> np.ndarray | str:
-    return read_png(Path(text), channels) if text.lower().endswith(".png") else text
+def _value(text: str, image_shape: tuple[int, int, int]) -> np.ndarray | str:
+    return read_png(Path(text), image_shape) if text.lower().endswith(".png") else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 return 0
             info = vae.info()
-            channels = info.image_shape[0]
+            c, h, w = info.image_shape
+            shape = (c, h, w)
             if args.command == "info":
                 print(info)
             elif args.command == "encode":
-                inputs = np.stack([read_png(p, channels) for p in args.images])
-                posterior = vae.encode(inputs)
+                posterior = vae.encode(read_pngs(args.images, shape))
                 np.save(args.out, posterior.mean)
                 np.save(args.out.with_suffix(".logvar.npy"), posterior.log_variance)
                 print(f"wrote {args.out} {list(posterior.mean.shape)}")
@@ -131,25 +152,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {result.seed}")
                 save_grid(result.images, int(np.ceil(np.sqrt(args.n))), args.out)
             elif args.command == "interpolate":
-                start, end = read_png(args.start, channels), read_png(args.end, channels)
+                start, end = read_png(args.start, shape), read_png(args.end, shape)
                 result = vae.interpolate(start, end, args.steps, spherical=not args.linear, seed=args.seed)
                 save_grid(result.images, args.steps, args.out)
             elif args.command == "reconstruct":
-                inputs = np.stack([read_png(p, channels) for p in args.images])
+                inputs = read_pngs(args.images, shape)
                 result = vae.reconstruct(inputs, seed=args.seed)
                 save_grid(np.concatenate([inputs, result.images]), len(inputs), args.out)
             elif args.command == "arithmetic":
                 terms = []
                 for term in args.terms:
                     weight, _, value = term.partition(":")
-                    terms.append((float(weight), _value(value, channels)))
+                    terms.append((float(weight), _value(value, shape)))
                 save_grid(vae.arithmetic(terms, seed=args.seed).images, 1, args.out)
             elif args.command == "score":
-                inputs = np.stack([read_png(p, channels) for p in args.images])
+                inputs = read_pngs(args.images, shape)
                 print(f"{'image':30} {'elbo':>10} {'recon':>10} {'kl':>8} {'log p(x)':>10}")
                 for path, s in zip(args.images, vae.score(inputs, args.samples, args.seed), strict=True):
                     print(f"{path!s:30} {s.elbo:10.2f} {s.reconstruction:10.2f} {s.kl:8.2f} {s.log_likelihood:10.2f}")
-    except SecurityError as exc:
+    except (SecurityError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:

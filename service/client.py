@@ -1,15 +1,21 @@
 """A typed Python client: numpy in, numpy out, over a real gRPC channel.
 
 with VaeClient("localhost:50051") as vae:
-    images = vae.sample(16, seed=1).images          # float32 [16, 1, 28, 28] in [0, 1]
+    images = vae.sample(16, seed=1).images          # float32 [16, C, H, W] in [0, 1] (C = 1 gray, 3 colour)
     z = vae.encode(images).mean                      # [16, latent_dim]
     row = vae.interpolate(images[0], images[1], steps=8).images
     thicker = vae.arithmetic([(1.0, images[0]), (1.5, "thickness")]).images
+    z = vae.encode([Path("a.png").read_bytes()]).mean    # PNG files go as they are; the server reads them
+    files = vae.sample(4, png=True).png              # PNG files back (8-bit gray or RGB, as the model's channels)
+
+Images go in as float32 (or uint8) arrays [N, C, H, W] or as PNG files (`bytes`, one per image; the server
+applies its PNG rules: README "Limits"). Replies come back as float32 arrays; with `png=True` the server
+encodes them as PNG files, kept in `Generated.png`, and `Generated.images` holds their pixels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -19,11 +25,15 @@ import numpy as np
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from service.codecs import array_to_tensor, tensor_to_array
+from service.codecs import array_to_tensor, png_to_array, tensor_to_array
 from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
 from service.security import client_channel
 
 MESSAGE_LIMIT = 64 * 1024 * 1024
+
+
+# Images sent to the server: an array [N, C, H, W] (float32 in [0, 1], or uint8), or PNG files, one `bytes` each.
+ImageInput = np.ndarray | bytes | Sequence[bytes]
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class Generated:
     images: np.ndarray  # float32 [N, C, H, W] in [0, 1]
     latents: np.ndarray  # float32 [N, D]
     seed: int
+    png: tuple[bytes, ...] = ()  # the PNG files the server sent, when asked for (`png=True`)
 
 
 @dataclass(frozen=True)
@@ -60,26 +71,51 @@ def describe_error(error: grpc.RpcError) -> str:
     return "\n".join(lines)
 
 
-def _images(images: np.ndarray) -> vae_pb2.Images:
-    return vae_pb2.Images(tensor=array_to_tensor(np.asarray(images, np.float32)))
+def _is_png(value: object) -> bool:
+    return isinstance(value, bytes | bytearray | memoryview)
+
+
+def _images(images: ImageInput) -> vae_pb2.Images:
+    if _is_png(images):
+        images = [images]  # type: ignore[list-item]
+    if isinstance(images, list | tuple) and images and all(_is_png(i) for i in images):
+        return vae_pb2.Images(png=vae_pb2.PngImages(images=[bytes(i) for i in images]))
+    array = np.asarray(images)
+    return vae_pb2.Images(tensor=array_to_tensor(array if array.dtype == np.uint8 else array.astype(np.float32)))
 
 
 def _array(tensor: vae_pb2.Tensor) -> np.ndarray:
     return tensor_to_array(tensor, "reply").copy()
 
 
+def _pixels(images: vae_pb2.Images) -> tuple[np.ndarray, tuple[bytes, ...]]:
+    """float32 [N, C, H, W] in [0, 1] from a reply's images, and the PNG files when they came as PNG."""
+    if images.WhichOneof("encoding") != "png":
+        return _array(images.tensor), ()
+    files = tuple(images.png.images)
+    return np.stack([png_to_array(f) for f in files]).astype(np.float32) / np.float32(255.0), files
+
+
+def _generated(images: vae_pb2.Images, latents: vae_pb2.Tensor, seed: int) -> Generated:
+    pixels, files = _pixels(images)
+    return Generated(pixels, _array(latents), seed, files)
+
+
 def _seed(seed: int | None) -> vae_pb2.Seed | None:
     return None if seed is None else vae_pb2.Seed(value=seed)
 
 
-def _output(sample: bool) -> vae_pb2.OutputOptions:
-    return vae_pb2.OutputOptions(mode=vae_pb2.DECODE_MODE_SAMPLE if sample else vae_pb2.DECODE_MODE_MEAN)
+def _output(sample: bool, png: bool = False) -> vae_pb2.OutputOptions:
+    return vae_pb2.OutputOptions(mode=vae_pb2.DECODE_MODE_SAMPLE if sample else vae_pb2.DECODE_MODE_MEAN,
+                                 format=vae_pb2.IMAGE_FORMAT_PNG if png else vae_pb2.IMAGE_FORMAT_FLOAT32)  # fmt: skip
 
 
-def _endpoint(value: np.ndarray | str) -> vae_pb2.Endpoint:
-    """A string is an attribute name, a 1-D array a latent, a [C, H, W] array an image."""
+def _endpoint(value: np.ndarray | bytes | str) -> vae_pb2.Endpoint:
+    """A string is an attribute name, `bytes` a PNG file, a 1-D array a latent, a [C, H, W] array an image."""
     if isinstance(value, str):
         return vae_pb2.Endpoint(attribute=value)
+    if _is_png(value):
+        return vae_pb2.Endpoint(image=_images([value]))  # type: ignore[list-item]
     array = np.asarray(value, np.float32)
     if array.ndim == 1:
         return vae_pb2.Endpoint(latent=array_to_tensor(array))
@@ -125,7 +161,7 @@ class VaeClient:
     def info(self) -> vae_pb2.ModelInfo:
         return self._stub.GetModelInfo(vae_pb2.GetModelInfoRequest(model=self.model), timeout=self.timeout_s).info
 
-    def encode(self, images: np.ndarray, samples: int = 0, seed: int | None = None) -> Posterior:
+    def encode(self, images: ImageInput, samples: int = 0, seed: int | None = None) -> Posterior:
         request = vae_pb2.EncodeRequest(model=self.model, images=_images(images), samples_per_image=samples,
                                         seed=_seed(seed))  # fmt: skip
         reply = self._stub.Encode(request, timeout=self.timeout_s)
@@ -137,44 +173,58 @@ class VaeClient:
                                         output=_output(sample), seed=_seed(seed))  # fmt: skip
         return _array(self._stub.Decode(request, timeout=self.timeout_s).images.tensor)
 
-    def reconstruct(self, images: np.ndarray, sample_latent: bool = False, seed: int | None = None) -> Generated:
+    def reconstruct(
+        self, images: ImageInput, sample_latent: bool = False, seed: int | None = None, *, png: bool = False
+    ) -> Generated:
         request = vae_pb2.ReconstructRequest(model=self.model, images=_images(images), sample_latent=sample_latent,
-                                             seed=_seed(seed))  # fmt: skip
+                                             seed=_seed(seed), output=_output(False, png))  # fmt: skip
         reply = self._stub.Reconstruct(request, timeout=self.timeout_s)
-        return Generated(_array(reply.images.tensor), _array(reply.latents), reply.seed)
+        return _generated(reply.images, reply.latents, reply.seed)
 
-    def sample(self, n: int, temperature: float = 1.0, sample: bool = False, seed: int | None = None) -> Generated:
-        request = vae_pb2.SampleRequest(model=self.model, n=n, temperature=temperature, output=_output(sample),
+    def sample(
+        self, n: int, temperature: float = 1.0, sample: bool = False, seed: int | None = None, *, png: bool = False
+    ) -> Generated:
+        request = vae_pb2.SampleRequest(model=self.model, n=n, temperature=temperature, output=_output(sample, png),
                                         seed=_seed(seed))  # fmt: skip
         reply = self._stub.Sample(request, timeout=self.timeout_s)
-        return Generated(_array(reply.images.tensor), _array(reply.latents), reply.seed)
+        return _generated(reply.images, reply.latents, reply.seed)
 
     def sample_stream(
-        self, n: int, chunk_size: int = 0, temperature: float = 1.0, seed: int | None = None
+        self, n: int, chunk_size: int = 0, temperature: float = 1.0, seed: int | None = None, *, png: bool = False
     ) -> Iterator[Generated]:
         request = vae_pb2.SampleStreamRequest(model=self.model, n=n, chunk_size=chunk_size, temperature=temperature,
-                                              seed=_seed(seed))  # fmt: skip
+                                              seed=_seed(seed), output=_output(False, png))  # fmt: skip
         for reply in self._stub.SampleStream(request):
-            yield Generated(_array(reply.images.tensor), _array(reply.latents), reply.seed)
+            yield _generated(reply.images, reply.latents, reply.seed)
 
     def interpolate(
-        self, start: np.ndarray, end: np.ndarray, steps: int = 8, spherical: bool = True, seed: int | None = None
+        self,
+        start: np.ndarray | bytes,
+        end: np.ndarray | bytes,
+        steps: int = 8,
+        spherical: bool = True,
+        seed: int | None = None,
+        *,
+        png: bool = False,
     ) -> Generated:
         method = vae_pb2.INTERPOLATION_METHOD_SPHERICAL if spherical else vae_pb2.INTERPOLATION_METHOD_LINEAR
         request = vae_pb2.InterpolateRequest(model=self.model, start=_endpoint(start), end=_endpoint(end), steps=steps,
-                                             method=method, seed=_seed(seed))  # fmt: skip
+                                             method=method, seed=_seed(seed), output=_output(False, png))  # fmt: skip
         reply = self._stub.Interpolate(request, timeout=self.timeout_s)
-        return Generated(_array(reply.images.tensor), _array(reply.latents), reply.seed)
+        return _generated(reply.images, reply.latents, reply.seed)
 
-    def arithmetic(self, terms: list[tuple[float, np.ndarray | str]], seed: int | None = None) -> Generated:
-        """Decode sum(weight * value): values are images [C, H, W], latents [D] or attribute names."""
+    def arithmetic(
+        self, terms: Sequence[tuple[float, np.ndarray | bytes | str]], seed: int | None = None, *, png: bool = False
+    ) -> Generated:
+        """Decode sum(weight * value): values are images [C, H, W] or PNG files, latents [D] or attribute names."""
         request = vae_pb2.ArithmeticRequest(
-            model=self.model, terms=[vae_pb2.Term(weight=w, value=_endpoint(v)) for w, v in terms], seed=_seed(seed)
-        )
+            model=self.model, terms=[vae_pb2.Term(weight=w, value=_endpoint(v)) for w, v in terms], seed=_seed(seed),
+            output=_output(False, png),
+        )  # fmt: skip
         reply = self._stub.Arithmetic(request, timeout=self.timeout_s)
-        return Generated(_array(reply.images.tensor), _array(reply.latent), reply.seed)
+        return _generated(reply.images, reply.latent, reply.seed)
 
-    def score(self, images: np.ndarray, samples: int = 0, seed: int | None = None) -> list[Score]:
+    def score(self, images: ImageInput, samples: int = 0, seed: int | None = None) -> list[Score]:
         request = vae_pb2.ScoreRequest(model=self.model, images=_images(images), importance_samples=samples,
                                        seed=_seed(seed))  # fmt: skip
         reply = self._stub.Score(request, timeout=self.timeout_s)

@@ -222,9 +222,20 @@ def fill_images(target: vae_pb2.Images, images: np.ndarray, image_format: int) -
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """uint8 [C, H, W] -> PNG bytes."""
+    """uint8 [C, H, W] -> PNG bytes: an 8-bit grayscale PNG for one channel, an 8-bit RGB PNG for three."""
     c = image.shape[0]
+    if c not in (1, 3):
+        raise ValueError(f"a PNG image has 1 or 3 channels, got {c}")
     pixels = image[0] if c == 1 else image.transpose(1, 2, 0)
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L" if c == 1 else "RGB").save(buffer, format="PNG")
+    Image.fromarray(np.ascontiguousarray(pixels), mode="L" if c == 1 else "RGB").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def png_to_array(data: bytes) -> np.ndarray:
+    """The inverse of `encode_png`, for clients reading the PNG replies: uint8 [C, H, W], one channel for a
+    grayscale PNG and three for any other mode (palette and alpha as `decode_png` reads them)."""
+    with Image.open(io.BytesIO(data), formats=("PNG",)) as picture:
+        picture.load()
+        channels = 1 if picture.mode in ("1", "L", "LA", *_SIXTEEN_BIT) else 3
+        return (_png_pixels(picture, channels) * 255.0 + 0.5).astype(np.uint8)

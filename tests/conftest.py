@@ -55,3 +55,32 @@ def model_repository(trained_run: Path, tmp_path_factory: pytest.TempPathFactory
     for name in ("tiny", "tiny2"):
         export_repository(model, checkpoint, repo, name, max_batch_size=64, evaluation=evaluation)
     return repo
+
+
+TINY_COLOUR_MODEL = ModelConfig(latent_dim=4, hidden_channels=4, hidden_units=16, image_channels=3, image_size=64,
+                                stages=4, likelihood="gaussian")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def colour_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Gaussian colour model (3x64x64) trained for 2 epochs on generated coloured strokes: the run folder."""
+    from tests.colour import make_colour_idx_dir
+
+    data = make_colour_idx_dir(tmp_path_factory.mktemp("colour_idx"))
+    out = tmp_path_factory.mktemp("colour_run")
+    config = TrainConfig(dataset="idx", data_dir=str(data), epochs=2, batch_size=16, model=TINY_COLOUR_MODEL,
+                         threads=1, learning_rate=3e-3, ema_decay=0.5)  # fmt: skip
+    train(config, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mixed_repository(trained_run: Path, colour_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A grey model ("tiny", 1x28x28, Bernoulli) and a colour one ("tinyrgb", 3x64x64, Gaussian) side by side."""
+    from training.export import export_repository
+
+    repo = tmp_path_factory.mktemp("mixed_repository")
+    for name, run in (("tiny", trained_run), ("tinyrgb", colour_run)):
+        model, checkpoint = load_checkpoint(run / "best.pt")
+        export_repository(model, checkpoint, repo, name, max_batch_size=64)
+    return repo
