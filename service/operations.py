@@ -9,22 +9,22 @@ event loop runs in a worker thread (`offload`).
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+import torch
 
 from service import requests as rq
 from service.backends.base import Backend
 from service.batching import BatchObserver, DynamicBatcher
 from service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
-from service.latent import interpolate, posterior_kl, prior_latents, weighted_sum
+from service.latent import interpolate, prior_latents, weighted_sum
+from vaecore import objective
 from vaecore.repository import ModelSpec
 from vaecore.rng import generator
 
-LOG_2PI = math.log(2.0 * math.pi)
 T = TypeVar("T")
 
 
@@ -192,8 +192,10 @@ class VaeOperations:
 
     async def score(self, req: rq.Score, deadline: float | None) -> Scores:
         """Per image: ELBO = E_q[log p(x|z)] - KL (analytic), and log p(x) ~= log mean_k p(x, z_k) / q(z_k|x),
-        both from the same k samples z_k ~ q(z|x). The images x samples rows are decoded and scored in chunks
-        of `score_chunk_rows`, the maths in a worker thread: memory is bounded and the event loop stays free."""
+        both from the same k samples z_k ~ q(z|x), by `vaecore.objective` (the maths training's evaluation uses:
+        `training.evaluate.score_images(..., seed=)` gives these numbers). The images x samples rows are decoded
+        and scored in chunks of `score_chunk_rows`, the maths in a worker thread: memory is bounded and the event
+        loop stays free."""
         model, k = req.model, req.samples
         mu, logvar = await self.posterior(model, req.images, deadline)
         n, d = mu.shape
@@ -203,18 +205,17 @@ class VaeOperations:
         log_w = np.empty(n * k, np.float64)
         for start in range(0, n * k, self.score_chunk_rows):
             part = slice(start, min(start + self.score_chunk_rows, n * k))
-            z = mu[rows[part]] + np.exp(0.5 * logvar[rows[part]]) * eps[part]
+            mu_part, logvar_part = mu[rows[part]], logvar[rows[part]]
+            z = _posterior_draws(mu_part, logvar_part, eps[part])
             _, logits = await self._batched(model, "decoder", z, deadline)
             _require_finite(logits, model, "decoder")
             log_px_z[part], log_w[part] = await offload(
-                _log_weights, model, req.images[rows[part]], logits, z, logvar[rows[part]], eps[part], work=logits.size
+                _log_weights, model, req.images[rows[part]], logits, z, mu_part, logvar_part, work=logits.size
             )
-        log_likelihood_ = _log_mean_exp(log_w.reshape(n, k))
-        kl = posterior_kl(mu, logvar)
-        reconstruction = log_px_z.reshape(n, k).mean(axis=1)
+        scores = await offload(_image_scores, log_px_z.reshape(n, k), log_w.reshape(n, k), mu, logvar, work=n * k)
         if self._latent is not None:
-            self._latent.log_likelihood(model.name, log_likelihood_)
-        return Scores(reconstruction - kl, reconstruction, kl, log_likelihood_)
+            self._latent.log_likelihood(model.name, scores.log_likelihood)
+        return scores
 
 
 OFFLOAD_WORK = 1 << 18  # array elements: below this numpy is quicker inline than a hop to a worker thread
@@ -261,33 +262,39 @@ def _require_finite(array: np.ndarray, model: ModelSpec, network: str) -> None:
         raise ServiceError(f"model {model.name!r}: the {network} produced non-finite values")
 
 
-def _log_weights(
-    model: ModelSpec, x: np.ndarray, logits: np.ndarray, z: np.ndarray, logvar: np.ndarray, eps: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: log p(x|z) and the importance weight log p(x, z) - log q(z|x), float64."""
-    log_px_z = log_likelihood(model, x, logits)
-    log_pz = -0.5 * (LOG_2PI + z.astype(np.float64) ** 2).sum(-1)
-    log_qz = -0.5 * (LOG_2PI + logvar.astype(np.float64) + eps.astype(np.float64) ** 2).sum(-1)
-    return log_px_z, log_px_z + log_pz - log_qz
+def _f64(array: np.ndarray) -> torch.Tensor:
+    """A float64 tensor of `array` for the Score maths (a fresh copy: numpy arrays here may be read-only)."""
+    return torch.from_numpy(np.asarray(array, dtype=np.float64))
 
 
-def _log_mean_exp(values: np.ndarray) -> np.ndarray:
-    top = values.max(axis=1, keepdims=True)
-    return (top[:, 0] + np.log(np.exp(values - top).mean(axis=1))).astype(np.float64)
+def _posterior_draws(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """z = mu + sigma * eps per row, float32, by the function training's evaluation uses (the same z bits)."""
+    return objective.posterior_sample(torch.from_numpy(mu), torch.from_numpy(logvar), torch.from_numpy(eps)).numpy()
 
 
-def log_likelihood(model: ModelSpec, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """log p(x|z) summed over pixels, float64; Bernoulli from logits, Gaussian around sigmoid(logits)."""
-    x64, l64 = x.astype(np.float64), logits.astype(np.float64)
-    if model.likelihood == "bernoulli":
-        per_pixel = x64 * l64 - np.logaddexp(0.0, l64)
-    elif model.gaussian_log_scale is not None:
-        log_scale = model.gaussian_log_scale.astype(np.float64).reshape(-1, 1, 1)
-        mean = 1.0 / (1.0 + np.exp(-l64))
-        per_pixel = -0.5 * (LOG_2PI + 2.0 * log_scale + (x64 - mean) ** 2 * np.exp(-2.0 * log_scale))
-    else:
+def _log_scale(model: ModelSpec) -> torch.Tensor | None:
+    """The Gaussian likelihood's per-channel log sigma from the model's metadata; None for Bernoulli."""
+    if model.likelihood != "gaussian":
+        return None
+    if model.gaussian_log_scale is None:
         raise InvalidArgument("model", f"model {model.name!r} has a Gaussian likelihood but no scale")
-    return per_pixel.reshape(*per_pixel.shape[: logits.ndim - 3], -1).sum(-1)
+    return _f64(model.gaussian_log_scale)
+
+
+def _log_weights(
+    model: ModelSpec, x: np.ndarray, logits: np.ndarray, z: np.ndarray, mu: np.ndarray, logvar: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: log p(x|z) and the importance weight log p(x, z) - log q(z|x), in float64 (`vaecore.objective`)."""
+    terms = objective.importance_terms(
+        _f64(x), _f64(z), _f64(mu), _f64(logvar), _f64(logits), model.likelihood, _log_scale(model)
+    )
+    return terms[0].numpy(), terms[1].numpy()
+
+
+def _image_scores(log_px_z: np.ndarray, log_w: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> Scores:
+    """Score's reply from the [N, k] log terms and the posterior [N, D], reduced by `vaecore.objective`."""
+    scores = objective.image_scores(torch.from_numpy(log_px_z), torch.from_numpy(log_w), _f64(mu), _f64(logvar), 1)
+    return Scores(*(column.numpy() for column in scores))
 
 
 def sample_pixels(model: ModelSpec, mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
