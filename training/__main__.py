@@ -21,11 +21,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.learning_rate, help="peak Adam learning rate (cosine decay)")
     p.add_argument("--min-lr", type=float, default=d.min_learning_rate)
-    p.add_argument("--objective", choices=("elbo", "iwae"), default=d.objective)
+    p.add_argument("--objective", choices=("elbo", "iwae", "mmd"), default=d.objective,
+                   help="elbo; iwae (importance-weighted bound); mmd (MMD-VAE / InfoVAE, alpha=1)")  # fmt: skip
     p.add_argument("--train-samples", type=int, default=d.train_samples, help="importance samples for iwae")
     p.add_argument("--beta", type=float, default=d.beta, help="KL weight (ELBO objective)")
     p.add_argument("--kl-warmup-epochs", type=float, default=d.kl_warmup_epochs, help="ramp beta from 0")
     p.add_argument("--free-bits", type=float, default=d.free_bits, help="min KL nats per latent dim")
+    p.add_argument("--mmd-weight", type=float, default=d.mmd_weight, help="lambda: weight of MMD^2 (mmd objective)")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
@@ -59,6 +61,7 @@ def _run_train(args: argparse.Namespace) -> None:
         beta=args.beta,
         kl_warmup_epochs=args.kl_warmup_epochs,
         free_bits=args.free_bits,
+        mmd_weight=args.mmd_weight,
         ema_decay=args.ema_decay,
         seed=args.seed,
         threads=args.threads,

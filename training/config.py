@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Likelihood = Literal["bernoulli", "gaussian"]
-Objective = Literal["elbo", "iwae"]
+Objective = Literal["elbo", "iwae", "mmd"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class TrainConfig:
     beta: float = 1.0
     kl_warmup_epochs: float = 0.0
     free_bits: float = 0.0
+    # lambda of the MMD-VAE objective (`objective="mmd"`): loss = -E log p(x|z) + mmd_weight * MMD^2(q(z), p(z)),
+    # reconstruction in nats summed over pixels; see training/train.py::training_loss for why 1000.
+    mmd_weight: float = 1000.0
     ema_decay: float = 0.999
     seed: int = 0
     threads: int = 0
