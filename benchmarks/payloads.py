@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tritonclient.grpc import service_pb2 as triton_pb2
 
 from service.codecs import array_to_tensor
 from service.proto_gen.vae.v1 import vae_pb2
@@ -70,6 +69,9 @@ def sample_stream(model: ModelSpec, n: int) -> Payload:
 
 def triton_request(method: str, model: ModelSpec, n: int = 1) -> Payload:
     """The Triton call one service request of `method` makes: the network, its input, both outputs."""
+    # Imported here: a machine without the Triton client (a GPU box with `--no-triton`) still runs the suite.
+    from tritonclient.grpc import service_pb2 as triton_pb2
+
     network: NetworkSpec = model.decoder if NETWORK_OF[method] == "decoder" else model.encoder
     rows = _latents(model, n) if network is model.decoder else _images(model, n)
     tensor = triton_pb2.ModelInferRequest.InferInputTensor(

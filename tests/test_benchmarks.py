@@ -168,3 +168,16 @@ def test_suite_rows_ask_for_at_most_one_process_per_request(tmp_path: Path) -> N
     for inflight, expected in ((8, "4"), (2, "2"), (1, "1")):
         argv = loadgen_argv("127.0.0.1:1", [payload], Load(inflight, 1.0, 0.0, procs=4), tmp_path)
         assert argv[argv.index("--procs") + 1] == expected
+
+
+def test_the_suite_runs_on_a_machine_without_the_triton_client() -> None:
+    """A GPU box has no tritonclient: `--no-triton` must still import and run (it once failed there at import)."""
+    code = "import sys; sys.modules['tritonclient'] = None; import benchmarks.suite, benchmarks.payloads"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr

@@ -15,7 +15,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     m = ModelConfig()
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
-    p.add_argument("--data-dir", help="folder of the four standard IDX files (overrides the default source)")
+    p.add_argument("--data-dir", help="IDX folder (mnist, fashion-mnist, idx), CelebA-layout folder "
+                   "(celeba, emoji) or image folder (folder); overrides the default source")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("runs/mnist"), help="run folder (checkpoints, metrics)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -47,8 +48,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    from training.data import dataset_image_shape
     from training.train import train
 
+    channels, size, _ = dataset_image_shape(args.dataset, args.data_dir)  # the model is built for its data
     config = TrainConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -71,6 +74,8 @@ def _run_train(args: argparse.Namespace) -> None:
             hidden_channels=args.hidden_channels,
             hidden_units=args.hidden_units,
             likelihood=args.likelihood,
+            image_channels=channels,
+            image_size=size,
             stages=args.stages,
             encoder_blocks=args.encoder_blocks,
             decoder_blocks=args.decoder_blocks,

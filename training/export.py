@@ -80,7 +80,7 @@ def build_metadata(
         "image_shape": [cfg.image_channels, cfg.image_size, cfg.image_size],
         "value_range": [0.0, 1.0],
         "likelihood": cfg.likelihood,
-        "gaussian_log_scale": None if log_scale is None else [float(v) for v in log_scale],
+        "gaussian_log_scale": None if log_scale is None else [float(v) for v in log_scale.detach()],
         "prior": "standard_normal",
         "encoder": encoder.to_json(),
         "decoder": decoder.to_json(),
