@@ -31,7 +31,7 @@ from service.errors import InvalidArgument, ServiceError, status_for
 from service.metrics import ServiceMetrics
 from service.operations import Scores, VaeOperations, in_thread_if
 from service.proto_gen.vae.v1 import vae_pb2
-from vaecore.repository import ModelSpec
+from vaecore.repository import ModelSpec, default_model
 
 log = logging.getLogger(__name__)
 SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VaeService"]
@@ -75,7 +75,7 @@ class VaeServicer:
         self.ops = operations
         self.settings = settings
         self.metrics = metrics
-        self.default_model = settings.default_model or sorted(operations.models)[0]
+        self.default_model = default_model(settings.model_repository, operations.models, settings.default_model)
         self.parse = rq.RequestParser(settings, operations.model, self.default_model)
         self._items = {m.name: metrics.items.labels(m.name) for m in SERVICE.methods}  # bound once
 

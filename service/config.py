@@ -19,7 +19,8 @@ class Settings:
     metrics_host: str = ""  # interface /metrics binds (empty: the same as --host)
     metrics_port: int = 8000  # Prometheus /metrics HTTP port (0 picks a free one, -1 disables)
     model_repository: Path = DEFAULT_REPOSITORY  # folder with <name>.vae.json files and their networks
-    default_model: str = ""  # model used when a request names none (empty: the first by name)
+    # model used when a request names none (empty: the repository's default_model file, else the first by name)
+    default_model: str = ""
     backend: str = "local"  # local (in-process TorchScript) or triton
     triton_url: str = "localhost:8001"  # Triton gRPC address, for --backend triton
     triton_timeout_s: float = 30.0  # per Triton call

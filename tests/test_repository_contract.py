@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from vaecore.repository import (
+    DEFAULT_MODEL_FILE,
     FORMAT_VERSION,
     RepositoryError,
     decoder_spec,
+    default_model,
     encoder_spec,
     load_repository,
     metadata_files,
@@ -120,3 +122,16 @@ def test_the_server_and_cli_start_without_training_installed() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_default_model_is_the_override_else_the_repository_file_else_the_first_by_name(tmp_path: Path) -> None:
+    names = ["zeta", "alpha", "mnist"]
+    assert default_model(tmp_path, names) == "alpha"
+    (tmp_path / DEFAULT_MODEL_FILE).write_text("mnist\n")
+    assert default_model(tmp_path, names) == "mnist"
+    assert default_model(tmp_path, names, override="zeta") == "zeta"
+    with pytest.raises(RepositoryError, match="'nope' is not in"):
+        default_model(tmp_path, names, override="nope")
+    (tmp_path / DEFAULT_MODEL_FILE).write_text("gone")
+    with pytest.raises(RepositoryError, match="'gone' is not in"):
+        default_model(tmp_path, names)

@@ -5,6 +5,7 @@ settings, test NLL, attribute vectors) that lets the service serve a new model w
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from training.model import ConvVAE
 from training.train import total_train_seconds
 from training.triton_repo import InstanceKind, Variant, write_model
 from vaecore.repository import (
+    DEFAULT_MODEL_FILE,
     METADATA_SUFFIX,
     MODEL_FILE,
     VERSION,
@@ -152,4 +154,6 @@ def derive_python_variant(source: Path, target: Path, max_batch_size: int = 256)
         written.append(write_metadata(target, record_digests(target, metadata)))
     if not written:
         raise FileNotFoundError(f"no *{METADATA_SUFFIX} model metadata in {source}")
+    if (source / DEFAULT_MODEL_FILE).is_file():  # the same default in the derived repository
+        shutil.copyfile(source / DEFAULT_MODEL_FILE, target / DEFAULT_MODEL_FILE)
     return written

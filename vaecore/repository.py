@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ FORMAT_VERSION = 1
 METADATA_SUFFIX = ".vae.json"
 MODEL_FILE = "model.pt"
 VERSION = "1"  # the one Triton model version an export writes
+DEFAULT_MODEL_FILE = "default_model"  # one line: the model a request that names none gets (Triton ignores files)
 DIGEST_CHUNK_BYTES = 1 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -232,3 +234,16 @@ def load_repository(directory: Path) -> dict[str, ModelSpec]:
     if not paths:
         raise RepositoryError(f"no *{METADATA_SUFFIX} model metadata in {directory}")
     return {m.name: m for m in (parse_metadata(p) for p in paths)}
+
+
+def default_model(directory: Path, names: Iterable[str], override: str = "") -> str:
+    """The model a request that names none gets: `override` (the service's --default-model), else the one the
+    repository names in its `default_model` file, else the first by name. Shipping a new model beside the
+    default one must not silently change what callers that name no model get."""
+    names = sorted(names)
+    chosen = override
+    if not chosen and (directory / DEFAULT_MODEL_FILE).is_file():
+        chosen = (directory / DEFAULT_MODEL_FILE).read_text().strip()
+    if chosen and chosen not in names:
+        raise RepositoryError(f"default model {chosen!r} is not in {directory} (models: {', '.join(names)})")
+    return chosen or names[0]
