@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from tests.datasets import stroke_images
+from tests.datasets import make_idx_dir, stroke_images
 from training import plots
 from training.model import ConvVAE
 from vaecore.images import tile
@@ -27,6 +28,8 @@ def test_every_picture_is_a_real_png(trained_model: ConvVAE, trained_run: Path, 
         plots.plot_samples(trained_model, tmp_path / "s.png", n=16),
         plots.plot_interpolations(trained_model, images, tmp_path / "i.png", pairs=2, steps=6),
         plots.plot_latent_map(trained_model, images, labels, [str(i) for i in range(10)], tmp_path / "m.png"),
+        plots.plot_latent_tsne(trained_model, images, labels, [str(i) for i in range(10)], tmp_path / "t.png"),
+        plots.plot_latent_tsne(trained_model, images, labels, [], tmp_path / "t1.png", points=30),  # no labels
         plots.plot_loss_curves([trained_run / "metrics.csv"], tmp_path / "c.png"),
         plots.plot_attribute_sweeps(trained_model, images[:2], {"up": np.ones(4, np.float32)}, tmp_path / "a.png"),
     ]
@@ -52,3 +55,35 @@ def test_two_dimensional_latent_trains_and_gets_map_and_manifold(idx_dir: Path, 
     plots.plot_latent_map(model, test.images, test.labels, [str(i) for i in range(10)], tmp_path / "map.png")
     with Image.open(plots.plot_manifold(model, tmp_path / "manifold.png", side=5)) as picture:
         assert picture.size == (2 * (5 * 30 + 2), 2 * (5 * 30 + 2))
+
+
+def test_tsne_keeps_separated_clusters_apart_and_is_deterministic() -> None:
+    rng = np.random.default_rng(0)
+    offset = np.zeros(16, np.float32)
+    offset[:4] = 6.0  # two unit-variance Gaussian clusters in 16-D, ~12 standard deviations apart
+    z = np.concatenate([rng.standard_normal((60, 16)), rng.standard_normal((60, 16)) + offset]).astype(np.float32)
+    labels = np.repeat([0, 1], 60)
+    points = plots.tsne_points(z, seed=3)
+    assert points.shape == (120, 2) and np.isfinite(points).all()
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    agreement = (labels[distances.argmin(1)] == labels).mean()
+    assert agreement > 0.95
+    np.testing.assert_array_equal(plots.tsne_points(z, seed=3), points)
+
+
+def test_plots_command_draws_tsne_for_a_larger_latent(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training import data
+    from training.__main__ import main
+
+    # the command's interpolations take test images 100-109: the same data with a longer test split
+    longer = make_idx_dir(tmp_path / "idx", n_test=120)
+    load_dataset = data.load_dataset
+    monkeypatch.setattr(data, "load_dataset", lambda name, _: load_dataset(name, longer))
+    out = tmp_path / "plots"
+    assert main(["plots", "--checkpoint", str(trained_run / "best.pt"), "--out", str(out), "--threads", "1"]) == 0
+    with Image.open(out / "latent_tsne.png") as picture:
+        assert picture.format == "PNG"
+    assert (out / "latent_map.png").exists() and not (out / "manifold.png").exists()

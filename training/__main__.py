@@ -146,6 +146,9 @@ def _run_plots(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     if model.config.latent_dim == 2:
         written.append(plots.plot_manifold(model, out / "manifold.png"))
+    else:  # PCA shows only two directions of a larger latent; t-SNE keeps the neighbourhoods
+        written.append(plots.plot_latent_tsne(model, test.images, test.labels, list(data.label_names),
+                                              out / "latent_tsne.png", seed=args.seed))  # fmt: skip
     written.append(_attribute_picture(model, data, out / "attributes.png"))
     metrics = args.metrics or [p for p in [args.checkpoint.parent / "metrics.csv"] if p.exists()]
     if metrics:

@@ -1,4 +1,4 @@
-"""The pictures people look at, as PNG: reconstructions, prior samples, interpolations, latent map, curves.
+"""The pictures people look at, as PNG: reconstructions, prior samples, interpolations, latent maps, curves.
 
 Image grids are tiled with numpy and written with Pillow (exact pixels); the scatter and curve plots use
 matplotlib's Agg backend (no display needed).
@@ -72,11 +72,6 @@ def plot_attribute_sweeps(
 
 def plot_latent_map(model: ConvVAE, images: np.ndarray, labels: np.ndarray, label_names: list[str], path: Path) -> Path:
     """Posterior means coloured by label: the plane itself for a 2-D latent, else the top-2 PCA projection."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     z = encode_mean(model, images)
     if z.shape[1] == 2:
         points, xlabel, ylabel = z, "z1", "z2"
@@ -84,15 +79,65 @@ def plot_latent_map(model: ConvVAE, images: np.ndarray, labels: np.ndarray, labe
         centred = z - z.mean(0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
         points, xlabel, ylabel = centred @ vt[:2].T, "PC 1", "PC 2"
+    title = f"latent means of {len(z)} test images ({z.shape[1]}-D latent)"
+    return _scatter_by_label(points, labels, label_names, xlabel, ylabel, title, path)
+
+
+def tsne_points(z: np.ndarray, seed: int = 0) -> np.ndarray:
+    """[N, D] -> [N, 2] t-SNE embedding (perplexity 30, or less for tiny N); the same seed gives the same points."""
+    from sklearn.manifold import TSNE
+
+    perplexity = min(30.0, (len(z) - 1) / 3)
+    tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
+    return np.asarray(tsne.fit_transform(np.asarray(z, np.float64)), np.float32)
+
+
+def plot_latent_tsne(
+    model: ConvVAE,
+    images: np.ndarray,
+    labels: np.ndarray,
+    label_names: list[str],
+    path: Path,
+    seed: int = 0,
+    points: int = 3000,
+) -> Path:
+    """Posterior means of up to `points` images, embedded in 2-D by t-SNE and coloured by label.
+
+    PCA (plot_latent_map) shows only the two directions of largest variance, so in a 32-D latent the classes
+    pile on top of each other; t-SNE keeps neighbourhoods instead, so classes that the encoder separates show
+    as separate clusters (distances between clusters and their sizes mean little)."""
+    z = encode_mean(model, images[:points])
+    title = f"t-SNE of the latent means of {len(z)} test images ({z.shape[1]}-D latent)"
+    return _scatter_by_label(tsne_points(z, seed), labels[:points], label_names, "t-SNE 1", "t-SNE 2", title, path)
+
+
+def _scatter_by_label(
+    points: np.ndarray,
+    labels: np.ndarray,
+    label_names: list[str],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+) -> Path:
+    """[N, 2] points, one colour per label with a legend; one colour and no legend when there are no labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
     cmap = plt.get_cmap("tab10")
     for index, name in enumerate(label_names):
         mask = labels == index
         ax.scatter(points[mask, 0], points[mask, 1], s=2, color=cmap(index % 10), label=name, alpha=0.6)
+    if label_names:
+        ax.legend(markerscale=5, fontsize=7, loc="best")
+    else:
+        ax.scatter(points[:, 0], points[:, 1], s=2, color=cmap(0), alpha=0.6)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"latent means of {len(z)} test images ({z.shape[1]}-D latent)")
-    ax.legend(markerscale=5, fontsize=7, loc="best")
+    ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
