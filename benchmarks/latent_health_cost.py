@@ -27,7 +27,7 @@ from service.config import Settings
 from service.inprocess import serving, stub_for
 from service.latent_health import LatentHealth
 from service.proto_gen.vae.v1 import vae_pb2
-from vaecore.repository import load_repository
+from vaecore.repository import load_default, load_repository
 
 
 def per_call_us(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -40,7 +40,8 @@ def per_call_us(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
 
 def micro(repo: Path, threads: int) -> None:
     models = load_repository(repo)
-    name, model = next(iter(models.items()))
+    model = load_default(repo)
+    name = model.name
     torch.set_num_threads(threads)
     encoder = torch.jit.load(str(model.torchscript_path(model.encoder))).eval()
     health = LatentHealth(models)
@@ -85,7 +86,7 @@ def encode_rate(settings: Settings, image: np.ndarray, clients: int, seconds: fl
 
 
 def end_to_end(repo: Path, seconds: float, rounds: int, clients: int) -> None:
-    model = next(iter(load_repository(repo).values()))
+    model = load_default(repo)
     image = np.random.default_rng(1).random((1, *model.image_shape), dtype=np.float32)
     rates: dict[bool, list[float]] = {True: [], False: []}
     for r in range(rounds):

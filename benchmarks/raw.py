@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaecore.repository import ModelSpec, load_repository
+from vaecore.repository import ModelSpec, load_default
 
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "deploy" / "model_repository"
 BATCHES = [2**i for i in range(10)]  # 1 .. 512
@@ -45,11 +45,11 @@ def inputs(model: ModelSpec, network: str, batch: int) -> np.ndarray:
     return rng.random((batch, *model.image_shape), dtype=np.float32)
 
 
-def measure(repo: Path, threads: int, seconds: float, batches: list[int]) -> list[dict[str, Any]]:
-    """One row per network and batch size: images/s of the first model in `repo`."""
+def measure(repo: Path, threads: int, seconds: float, batches: list[int], model_name: str = "") -> list[dict[str, Any]]:
+    """One row per network and batch size: images/s of `model_name` in `repo` (default: the repository's default)."""
     if threads > 0:
         torch.set_num_threads(threads)
-    model = next(iter(load_repository(repo).values()))
+    model = load_default(repo, model_name)
     rows = []
     for network in ("encoder", "decoder"):
         spec = model.encoder if network == "encoder" else model.decoder
@@ -80,12 +80,13 @@ def measure(repo: Path, threads: int, seconds: float, batches: list[int]) -> lis
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--model", default="", help="which model (default: the repository's default model)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--seconds", type=float, default=1.0, help="per batch size")
     parser.add_argument("--batches", type=int, nargs="+", default=BATCHES)
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     args = parser.parse_args(argv)
-    rows = measure(args.repo, args.threads, args.seconds, args.batches)
+    rows = measure(args.repo, args.threads, args.seconds, args.batches, args.model)
     if args.json:
         print(json.dumps(rows))
         return

@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks import payloads, procs
-from vaecore.repository import load_repository
+from vaecore.repository import load_default
 
 RATE_HZ = 250
 # (stage, test on one frame "function (file:line)"): the first stage whose test matches any frame of a sample,
@@ -94,7 +94,7 @@ def _load(target: str, request: Path, path: str, inflight: int, seconds: float) 
 
 
 def profile(args: argparse.Namespace, work: Path) -> tuple[Counter[str], int, dict[str, float]]:
-    model = next(iter(load_repository(args.repo).values()))
+    model = load_default(args.repo)
     payload = payloads.service_request(args.method, model)
     port = procs.free_port()
     process = _start_service(args.service_root, args.repo, port, work / "service.log", args.service_args)

@@ -29,7 +29,7 @@ from benchmarks.procs import PYTHON, REPO_ROOT, Server, StartError, memory_kb, s
 from benchmarks.rows import Label, Load, load_row, loadgen_argv, parse_result, run_load
 from benchmarks.servers import ServiceConfig, capture, launch_service, start_transport, start_triton, wait_service
 from benchmarks.table import all_tables, as_text
-from vaecore.repository import ModelSpec, load_repository
+from vaecore.repository import ModelSpec, load_default
 
 Row = dict[str, Any]
 PayloadFor = Callable[[str, ModelSpec], Payload]
@@ -347,7 +347,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.suite", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--repo", type=Path, default=DEFAULT_REPOSITORY, help="model repository (the first model)")
+    p.add_argument("--repo", type=Path, default=DEFAULT_REPOSITORY, help="model repository (its default model)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="results folder")
     p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per row")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured load before each row, seconds")
@@ -391,7 +391,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     opts = parse_args(argv)
-    model = next(iter(load_repository(opts.repo).values()))
+    model = load_default(opts.repo)
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         run = Run(opts, model, Path(work))
         if opts.soak > 0:

@@ -22,7 +22,7 @@ from service.client import VaeClient
 from service.config import Settings
 from service.inprocess import serving
 from training.data import load_dataset
-from vaecore.repository import load_repository
+from vaecore.repository import load_default
 
 
 def kinds(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--samples", type=int, default=100)
     args = parser.parse_args()
-    model = next(iter(load_repository(args.repo).values()))
+    model = load_default(args.repo)
     print(f"model {model.name}: test NLL {model.test_nll:.2f} nats (k={model.test_nll_samples}, binarized test set)")
     print(f"{'inputs':24} {'mean NLL':>9} {'p10':>8} {'p90':>8} {'mean KL':>8}")
     settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, model_repository=args.repo)

@@ -247,3 +247,9 @@ def default_model(directory: Path, names: Iterable[str], override: str = "") -> 
     if chosen and chosen not in names:
         raise RepositoryError(f"default model {chosen!r} is not in {directory} (models: {', '.join(names)})")
     return chosen or names[0]
+
+
+def load_default(directory: Path, name: str = "") -> ModelSpec:
+    """One model of a repository: `name`, else its default (what a request that names none gets)."""
+    models = load_repository(directory)
+    return models[default_model(directory, models, name)]
