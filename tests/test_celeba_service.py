@@ -131,3 +131,20 @@ def test_an_rgb_picture_as_a_term_gets_glasses(stub: VaeServiceStub, faces: tupl
         tensor_to_array(reply.latent, "latent")[0], mu[0] + _vector(repo, "Eyeglasses"), atol=1e-5
     )
     assert tensor_to_array(reply.images.tensor, "images").shape == (1, 3, 64, 64)
+
+
+def test_the_attribute_picture_sweeps_binary_attributes_of_a_colour_model(
+    faces: tuple[Path, DatasetSplits], tmp_path: Path
+) -> None:
+    """`python -m training plots` draws attribute sweeps for CelebA-layout data too (it once knew only MNIST's
+    thickness and slant, and crashed on a colour model): 3 test images x the swept attributes, 9 strengths each."""
+    from training.__main__ import SWEPT_ATTRIBUTES, _attribute_picture
+
+    repo, data = faces
+    model, _ = load_checkpoint(repo.parent / "run" / "best.pt")
+    swept = [name for name in SWEPT_ATTRIBUTES if name in data.attribute_names][:3]
+    assert swept, "the fixture's attributes include CelebA's Eyeglasses, Smiling and Male"
+    with Image.open(_attribute_picture(model, data, tmp_path / "attributes.png")) as picture:
+        assert picture.mode == "RGB"
+        rows = round(picture.height / (picture.width / 9))  # square cells, 9 strengths per row
+        assert rows == 3 * len(swept)

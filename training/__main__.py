@@ -157,8 +157,13 @@ def _run_plots(args: argparse.Namespace) -> None:
         print(path)
 
 
+# Binary attributes swept in the attribute picture when a dataset has them (CelebA's names, then the emoji set's).
+SWEPT_ATTRIBUTES = ("Eyeglasses", "Smiling", "Male", "Glasses", "Woman", "Technologist")
+
+
 def _attribute_picture(model, data, path: Path) -> Path:  # type: ignore[no-untyped-def]
-    """thickness and slant vectors (from 10k training images) applied to three test images."""
+    """Attribute vectors (from 10k training images) applied to three test images: thickness and slant for
+    MNIST-like data, up to three binary attributes (`SWEPT_ATTRIBUTES`) for data labelled like CelebA."""
     import torch
 
     from training import plots
@@ -167,8 +172,13 @@ def _attribute_picture(model, data, path: Path) -> Path:  # type: ignore[no-unty
 
     images, labels = data.train.images[:10000], data.train.labels[:10000]
     inputs = fixed_binarization(images) if model.config.likelihood == "bernoulli" else torch.from_numpy(images)
-    attributes = compute_attributes(model, images, inputs, labels, data.label_names)
-    vectors = {a.name: a.vector for a in attributes if a.name in ("thickness", "slant")}
+    binary = None if data.train.attributes is None else data.train.attributes[:10000]
+    attributes = compute_attributes(model, images, inputs, labels, data.label_names, binary, data.attribute_names)
+    found = {a.name: a.vector for a in attributes}
+    wanted = ("thickness", "slant") if binary is None else SWEPT_ATTRIBUTES
+    vectors = {name: found[name] for name in wanted if name in found}
+    if binary is not None:
+        vectors = dict(list(vectors.items())[:3])
     return plots.plot_attribute_sweeps(model, data.test.images[[3, 2, 1]], vectors, path)
 
 
