@@ -26,7 +26,7 @@ case $model in
   mnist2d)
     $py -m training train --dataset mnist --out "$run/elbo" "${elbo[@]}" --latent-dim 2 --encoder-blocks 2 \
       "${common[@]}"
-    best=$run/elbo/best.pt k=1000 ;;
+    best=$run/elbo/best.pt k=100 ;;
   mmd)  # the MMD-VAE of the ELBO-vs-MMD comparison: the ELBO stage above with --objective mmd, no warm-up
     $py -m training train --dataset mnist --out "$run/elbo" --objective mmd --mmd-weight 1000 --epochs 60 \
       --batch-size 256 --lr 1.5e-3 --min-lr 1e-4 --seed 0 "${net[@]}" "${common[@]}"
