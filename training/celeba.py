@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from training.data import DatasetError, DatasetSplits, Split, default_cache_dir
+from training.data import COLOUR_IMAGE_SIZE, DatasetError, DatasetSplits, Split, default_cache_dir
 
-IMAGE_SIZE = 64
+IMAGE_SIZE = COLOUR_IMAGE_SIZE  # one home: training.data, which also tells the CLI the shape without loading
 CELEBA_IMAGES = "img_align_celeba"
 CELEBA_ATTRIBUTES = "list_attr_celeba.txt"
 CELEBA_PARTITION = "list_eval_partition.txt"

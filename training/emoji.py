@@ -32,7 +32,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from training.celeba import default_partition
+from training.celeba import IMAGE_SIZE, default_partition
 
 FONT_CANDIDATES = (
     Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"),  # Debian, Ubuntu: fonts-noto-color-emoji
@@ -41,7 +41,6 @@ FONT_CANDIDATES = (
     Path("/System/Library/Fonts/NotoColorEmoji.ttf"),
 )
 FONT_SIZE = 109  # Noto Color Emoji's only bitmap strike (136x128 px glyphs); other sizes fail to load
-IMAGE_SIZE = 64
 CANVAS = (160, 160)
 BACKGROUND = (255, 255, 255)
 
