@@ -26,7 +26,7 @@ from service.metrics import METHODS, InstrumentedBackend, ServiceMetrics
 from service.operations import BatchingLimits, VaeOperations
 from service.proto_gen.vae.v1 import vae_pb2
 from service.security import auth_interceptor, describe, server_credentials
-from vaecore.repository import ModelSpec, RepositoryError, default_model, load_repository
+from vaecore.repository import ModelSpec, RepositoryError, configured_default, default_model, load_repository
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
@@ -119,11 +119,12 @@ async def _track_health(
 async def _servable_models(settings: Settings) -> Verdict:
     """The repository's models, each network file checked against its recorded SHA-256 before any is loaded."""
     models = load_repository(settings.model_repository)
-    try:
-        default = default_model(settings.model_repository, models, settings.default_model)
+    try:  # a configured default must exist and pass its check; otherwise the first served model is the default
+        default_model(settings.model_repository, models, settings.default_model)
     except RepositoryError as exc:
         raise ValueError(str(exc)) from exc
-    return await asyncio.to_thread(servable, models, settings.backend != "triton", default)
+    configured = configured_default(settings.model_repository, settings.default_model)
+    return await asyncio.to_thread(servable, models, settings.backend != "triton", configured)
 
 
 async def _grpc_server(

@@ -111,6 +111,7 @@ def dataset_image_shape(name: str, data_dir: str | Path | None = None) -> tuple[
     if name in ("celeba", "emoji", "folder"):
         return 3, COLOUR_IMAGE_SIZE, COLOUR_IMAGE_SIZE
     if name == "idx" and data_dir is not None:
+        _require_idx_folder(Path(data_dir))
         dims = _idx_dims(_find_idx(Path(data_dir), IDX_FILES["train_images"]))
         return (1, dims[1], dims[2]) if len(dims) == 3 else (dims[3], dims[1], dims[2])
     return 1, 28, 28
@@ -275,11 +276,15 @@ def _idx_split(images: np.ndarray, labels: np.ndarray, source: Path) -> Split:
     return Split(np.ascontiguousarray(images), labels.astype(np.int64))
 
 
-def load_idx_dir(folder: Path, name: str, label_names: tuple[str, ...] | None) -> DatasetSplits:
-    """The four standard IDX files; the last 10k training images become the validation split."""
+def _require_idx_folder(folder: Path) -> None:
     if not folder.is_dir():
         hint = " `apt-get install dataset-fashion-mnist` provides it." if folder == FASHION_MNIST_DIR else ""
         raise DatasetError(f"dataset folder {folder} does not exist.{hint} Pass --data-dir with IDX files.")
+
+
+def load_idx_dir(folder: Path, name: str, label_names: tuple[str, ...] | None) -> DatasetSplits:
+    """The four standard IDX files; the last 10k training images become the validation split."""
+    _require_idx_folder(folder)
     arrays = {key: read_idx(_find_idx(folder, stem)) for key, stem in IDX_FILES.items()}
     full = _idx_split(arrays["train_images"], arrays["train_labels"], folder)
     test = _idx_split(arrays["test_images"], arrays["test_labels"], folder)

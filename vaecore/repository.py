@@ -236,14 +236,21 @@ def load_repository(directory: Path) -> dict[str, ModelSpec]:
     return {m.name: m for m in (parse_metadata(p) for p in paths)}
 
 
+def configured_default(directory: Path, override: str = "") -> str:
+    """The default model someone chose: `override` (the service's --default-model), else the name in the
+    repository's `default_model` file; "" when neither says."""
+    if override:
+        return override
+    path = directory / DEFAULT_MODEL_FILE
+    return path.read_text().strip() if path.is_file() else ""
+
+
 def default_model(directory: Path, names: Iterable[str], override: str = "") -> str:
-    """The model a request that names none gets: `override` (the service's --default-model), else the one the
-    repository names in its `default_model` file, else the first by name. Shipping a new model beside the
-    default one must not silently change what callers that name no model get."""
+    """The model a request that names none gets: the configured default (see `configured_default`), else the
+    first of `names` by name. Shipping a new model beside the default one must not silently change what callers
+    that name no model get, hence the file."""
     names = sorted(names)
-    chosen = override
-    if not chosen and (directory / DEFAULT_MODEL_FILE).is_file():
-        chosen = (directory / DEFAULT_MODEL_FILE).read_text().strip()
+    chosen = configured_default(directory, override)
     if chosen and chosen not in names:
         raise RepositoryError(f"default model {chosen!r} is not in {directory} (models: {', '.join(names)})")
     return chosen or names[0]
