@@ -30,7 +30,7 @@ from service.proto_gen.vae.v1 import vae_pb2
 from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.colour import colour_images
 from tests.datasets import stroke_images
-from tests.service.harness import ServerThread, serving, stub_for
+from tests.service.harness import ServerThread, serving
 from vaecore.images import tile
 from vaecore.rng import generator
 
@@ -46,12 +46,6 @@ def server(mixed_repository: Path) -> Iterator[ServerThread]:
                         max_batch_size=16, max_items=512, torch_threads=1)  # fmt: skip
     with serving(settings) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server: ServerThread) -> Iterator[VaeServiceStub]:
-    with stub_for(server) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

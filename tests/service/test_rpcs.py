@@ -21,7 +21,7 @@ from service.config import Settings
 from service.proto_gen.vae.v1 import vae_pb2
 from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.datasets import stroke_images
-from tests.service.harness import ServerThread, serving, stub_for
+from tests.service.harness import ServerThread, serving
 
 V = vae_pb2
 
@@ -32,12 +32,6 @@ def server(model_repository: Path) -> Iterator[ServerThread]:
                         max_batch_size=16, max_wait_ms=5, max_items=512, max_score_rows=20000, torch_threads=1)  # fmt: skip
     with serving(settings) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server: ServerThread) -> Iterator[VaeServiceStub]:
-    with stub_for(server) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -37,12 +37,6 @@ def server(model_repository: Path) -> Iterator[ServerThread]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def stub(server: ServerThread) -> Iterator[VaeServiceStub]:
-    with stub_for(server) as s:
-        yield s
-
-
 def _metrics(server: ServerThread) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     assert server.running is not None
     with urllib.request.urlopen(f"http://127.0.0.1:{server.running.metrics_port}/metrics", timeout=5) as response:
