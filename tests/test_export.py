@@ -122,3 +122,16 @@ def test_python_variant_shares_torchscript_and_metadata(repo: Path, python_repo:
 def test_derive_from_folder_without_models_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"vae\.json"):
         derive_python_variant(tmp_path, tmp_path / "out")
+
+
+def test_an_exported_model_loads_back_for_training(trained_run: Path, repo: Path) -> None:
+    """`--init-from` / `evaluate --checkpoint` accept `<repo>/<name>.vae.json`: the same weights come back, so a
+    shipped model can be fine-tuned further without its training checkpoint."""
+    original, _ = load_checkpoint(trained_run / "best.pt")
+    restored, record = load_checkpoint(repo / "tiny.vae.json")
+    assert restored.config == original.config
+    want, got = original.state_dict(), restored.state_dict()
+    assert set(got) == set(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    assert record["train_config"] is not None and record["earlier_train_seconds"] > 0

@@ -14,6 +14,7 @@ from torch import nn
 
 from training import losses
 from training.config import ModelConfig
+from vaecore.repository import METADATA_SUFFIX, NetworkSpec, network_file, read_metadata
 
 
 class ResidualBlock(nn.Module):
@@ -133,10 +134,40 @@ def save_checkpoint(path: Path, model: ConvVAE, extra: dict[str, Any]) -> None:
 def load_checkpoint(path: Path, map_location: str = "cpu") -> tuple[ConvVAE, dict[str, Any]]:
     """Rebuild the model from the checkpoint alone; returns (model in eval mode, the whole checkpoint dict).
 
-    Loads the EMA weights when the checkpoint has them: they are the ones evaluated and exported.
+    Loads the EMA weights when the checkpoint has them: they are the ones evaluated and exported. A model
+    repository's `<name>.vae.json` is accepted too (`load_exported`).
     """
+    if path.name.endswith(METADATA_SUFFIX):
+        return load_exported(path)
     checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     model = ConvVAE(ModelConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint.get("ema_state") or checkpoint["model_state"])
     model.eval()
+    return model, checkpoint
+
+
+def load_exported(metadata_file: Path) -> tuple[ConvVAE, dict[str, Any]]:
+    """Rebuild the training model from an exported model: its `.vae.json` and the weights of its two TorchScript
+    networks. So a shipped model can be evaluated or fine-tuned further (`--init-from`) without its training
+    checkpoint, which is not kept in git. Returns what `load_checkpoint` does; the dict carries the metadata's
+    training record, not optimizer state."""
+    metadata = read_metadata(metadata_file)
+    model = ConvVAE(ModelConfig.from_dict(metadata["model_config"]))
+    state = model.state_dict()
+    for part in ("encoder", "decoder"):
+        network = NetworkSpec.from_json(metadata[part])
+        state.update(torch.jit.load(str(network_file(metadata_file.parent, network)), map_location="cpu").state_dict())
+    if metadata.get("gaussian_log_scale") is not None:
+        state["log_scale"] = torch.tensor(metadata["gaussian_log_scale"], dtype=state["log_scale"].dtype)
+    model.load_state_dict(state)  # strict: every parameter must come from the export
+    model.eval()
+    training = metadata.get("training", {})
+    checkpoint = {
+        "model_config": metadata["model_config"],
+        "train_config": training.get("config"),
+        "earlier_train_seconds": training.get("train_seconds", 0.0),
+        "history": [],
+        "label_names": metadata.get("label_names", []),
+        "exported_from": str(metadata_file),
+    }
     return model, checkpoint
