@@ -41,8 +41,10 @@ def plot(document: Document, png: Path) -> None:
     _raw_panel(axes[0][0], rows)
     for ax, method in zip(axes[0][1:], methods, strict=True):
         _load_panel(ax, rows, method)
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    # The legend of the panel with the most series: in a run cut short, the last methods' panels are empty.
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes[0][1:]), key=lambda hl: len(hl[1]))
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
     fig.suptitle(f"{meta['cpu']}, {meta['cores']} cores, {meta['date']} (compare within one run)", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ class Run:
     work: Path
     rows: list[Row] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    interrupted: bool = False  # stopped by SIGTERM/SIGINT: the JSON holds the rows measured until then
 
     @property
     def logs(self) -> Path:
@@ -328,6 +329,7 @@ def finish(run: Run, name: str) -> int:
         "wall_s": round(time.perf_counter() - run.started, 1),
         "options": _jsonable(vars(o)),
         "loadgen_procs": o.loadgen_procs,  # client processes per load generator (fewer on rows with fewer in flight)
+        "interrupted": run.interrupted,
     }
     document = {"meta": meta, "rows": run.rows, "targets": found}
     o.out.mkdir(parents=True, exist_ok=True)
@@ -336,6 +338,9 @@ def finish(run: Run, name: str) -> int:
         report.plot(document, o.out / "bench.png")
     failed = [r for r in run.rows if targets.failed(r)]
     print(f"wrote {o.out / (name + '.json')} in {meta['wall_s']:.0f} s; {len(failed)} row(s) with errors")
+    if run.interrupted:
+        print("INTERRUPTED: the run was stopped; the JSON holds only the rows measured before that", flush=True)
+        return 130
     return 1 if failed else 0
 
 
@@ -394,11 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     model = load_default(opts.repo)
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         run = Run(opts, model, Path(work))
-        if opts.soak > 0:
-            soak_phase(run)
-            return finish(run, "soak")
-        benchmark(run)
-        return finish(run, "bench")
+        name = "soak" if opts.soak > 0 else "bench"
+        try:
+            soak_phase(run) if opts.soak > 0 else benchmark(run)
+        except KeyboardInterrupt:  # a deadline (timeout's SIGTERM) or Ctrl-C: keep what was measured
+            if not run.rows:
+                raise
+            run.interrupted = True
+            print("\ninterrupted: writing the rows measured so far", flush=True)
+        return finish(run, name)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -181,3 +182,21 @@ def test_the_suite_runs_on_a_machine_without_the_triton_client() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_an_interrupted_run_keeps_the_rows_measured_so_far(tmp_path: Path) -> None:
+    """A run cut by a deadline (timeout's SIGTERM) writes bench.json with the rows it has, marked interrupted,
+    and exits non-zero: a device call once lost a whole run that way."""
+    argv = [sys.executable, "-m", "benchmarks.suite", "--quick", "--no-triton", "--out", str(tmp_path)]
+    with subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the first measured load row: the servers are up and rows exist
+            if " service " in line and "req/s" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest[-3000:]
+    document = json.loads((tmp_path / "bench.json").read_text())
+    assert document["meta"]["interrupted"] is True
+    assert any(row.get("kind") == "load" and row.get("server") == "service" for row in document["rows"])
+    assert "INTERRUPTED" in rest
