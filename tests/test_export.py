@@ -11,6 +11,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from training.config import ModelConfig
 from training.export import derive_python_variant, export_repository, script_modules
 from training.model import ConvVAE, load_checkpoint
 
@@ -135,3 +136,18 @@ def test_an_exported_model_loads_back_for_training(trained_run: Path, repo: Path
     for key in want:
         assert torch.equal(got[key], want[key]), key
     assert record["train_config"] is not None and record["earlier_train_seconds"] > 0
+
+
+def test_every_shipped_model_loads_back_for_training() -> None:
+    """The shipped models are what `--init-from <repo>/<name>.vae.json` continues from (their training checkpoints
+    are not in git): each must rebuild completely, Gaussian scale included."""
+    shipped = Path(__file__).resolve().parents[1] / "deploy" / "model_repository"
+    files = sorted(shipped.glob("*.vae.json"))
+    assert files
+    for file in files:
+        model, record = load_checkpoint(file)
+        metadata = json.loads(file.read_text())
+        assert model.config == ModelConfig.from_dict(metadata["model_config"]), file.name
+        if metadata.get("gaussian_log_scale") is not None:
+            assert model.log_scale.tolist() == pytest.approx(metadata["gaussian_log_scale"]), file.name
+        assert record["train_config"] == metadata["training"]["config"], file.name

@@ -153,13 +153,17 @@ def load_exported(metadata_file: Path) -> tuple[ConvVAE, dict[str, Any]]:
     training record, not optimizer state."""
     metadata = read_metadata(metadata_file)
     model = ConvVAE(ModelConfig.from_dict(metadata["model_config"]))
-    state = model.state_dict()
+    state: dict[str, torch.Tensor] = {}
     for part in ("encoder", "decoder"):
         network = NetworkSpec.from_json(metadata[part])
         state.update(torch.jit.load(str(network_file(metadata_file.parent, network)), map_location="cpu").state_dict())
-    if metadata.get("gaussian_log_scale") is not None:
-        state["log_scale"] = torch.tensor(metadata["gaussian_log_scale"], dtype=state["log_scale"].dtype)
-    model.load_state_dict(state)  # strict: every parameter must come from the export
+    # The decoder's Gaussian scale is in the metadata (clamped as served); a Bernoulli model never uses it.
+    scale = metadata.get("gaussian_log_scale")
+    state["log_scale"] = torch.tensor(scale) if scale is not None else model.log_scale.detach().clone()
+    missing = set(model.state_dict()) - set(state)
+    if missing:
+        raise ValueError(f"{metadata_file}: the exported networks lack {sorted(missing)}")
+    model.load_state_dict(state)  # strict: every parameter comes from the export, and no extra one
     model.eval()
     training = metadata.get("training", {})
     checkpoint = {
