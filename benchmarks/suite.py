@@ -401,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(opts, model, Path(work))
         name = "soak" if opts.soak > 0 else "bench"
         try:
-            soak_phase(run) if opts.soak > 0 else benchmark(run)
+            if opts.soak > 0:
+                soak_phase(run)
+            else:
+                benchmark(run)
         except KeyboardInterrupt:  # a deadline (timeout's SIGTERM) or Ctrl-C: keep what was measured
             if not run.rows:
                 raise

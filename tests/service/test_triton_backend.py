@@ -16,8 +16,7 @@ from service.codecs import array_to_tensor, tensor_to_array
 from service.config import Settings
 from service.proto_gen.vae.v1 import vae_pb2 as V
 from tests.datasets import stroke_images
-from tests.service.harness import ServerThread, serving, stub_for
-from training.export import derive_python_variant
+from tests.service.harness import ServerThread, python_triton, serving, stub_for
 from training.triton_local import TritonServer
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -25,11 +24,8 @@ SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.Health
 
 @pytest.fixture(scope="module")
 def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    python_repo = tmp_path_factory.mktemp("python_repository")
-    derive_python_variant(model_repository, python_repo, max_batch_size=64)
-    server = TritonServer(python_repo, tmp_path_factory.mktemp("triton")).start()
-    yield server
-    server.stop()
+    with python_triton(model_repository, tmp_path_factory) as server:
+        yield server
 
 
 def _settings(repo: Path, **extra: object) -> Settings:

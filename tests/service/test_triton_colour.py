@@ -17,8 +17,7 @@ from service.codecs import array_to_tensor, encode_png, png_to_array, tensor_to_
 from service.config import Settings
 from service.proto_gen.vae.v1 import vae_pb2 as V
 from tests.colour import colour_images
-from tests.service.harness import ServerThread, serving, stub_for
-from training.export import derive_python_variant
+from tests.service.harness import ServerThread, python_triton, serving, stub_for
 from training.triton_local import TritonServer
 
 RGB = "tinyrgb"
@@ -26,11 +25,8 @@ RGB = "tinyrgb"
 
 @pytest.fixture(scope="module")
 def triton(mixed_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    python_repo = tmp_path_factory.mktemp("mixed_python_repository")
-    derive_python_variant(mixed_repository, python_repo, max_batch_size=64)
-    server = TritonServer(python_repo, tmp_path_factory.mktemp("triton_colour")).start()
-    yield server
-    server.stop()
+    with python_triton(mixed_repository, tmp_path_factory, "triton_colour") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

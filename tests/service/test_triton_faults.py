@@ -30,8 +30,7 @@ from service.config import Settings
 from service.errors import DeadlineExceeded, Unavailable
 from service.proto_gen.vae.v1 import vae_pb2 as V
 from tests.pki import LOOPBACK, certificate, new_key, write
-from tests.service.harness import ServerThread, serving, stub_for
-from training.export import derive_python_variant
+from tests.service.harness import ServerThread, python_triton, serving, stub_for
 from training.triton_local import GrpcTls, TritonServer
 from vaecore.repository import load_repository
 
@@ -89,12 +88,9 @@ def one_model(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def triton(one_model: Path, tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[TritonServer]:
-    python_repo = tmp_path_factory.mktemp("python_repository")
-    derive_python_variant(one_model, python_repo, max_batch_size=64)
     tls = GrpcTls(pki.server_cert, pki.server_key, client_ca=pki.ca)
-    server = TritonServer(python_repo, tmp_path_factory.mktemp("triton"), tls=tls).start()
-    yield server
-    server.stop()
+    with python_triton(one_model, tmp_path_factory, tls=tls) as server:
+        yield server
 
 
 def _settings(repository: Path, triton: TritonServer, pki: Pki) -> Settings:
