@@ -127,6 +127,9 @@ def decode_png(data: bytes, image_shape: tuple[int, int, int], field: str) -> np
     """float32 [C, H, W] in [0, 1]. The header is read first: a file of the wrong size or mode is refused before
     a single pixel is decoded (so a PNG claiming millions of pixels costs nothing)."""
     c, h, w = image_shape
+    size = header_size(data)
+    if size is not None and size != (w, h):  # before Pillow, which warns (and then refuses) above 89 M pixels
+        raise InvalidArgument(field, f"is {size[0]}x{size[1]}; the model takes {w}x{h}")
     try:
         with Image.open(io.BytesIO(critical_chunks(data, field)), formats=("PNG",)) as picture:
             if picture.size != (w, h):
@@ -141,6 +144,14 @@ def decode_png(data: bytes, image_shape: tuple[int, int, int], field: str) -> np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KEPT_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the IHDR chunk states them, or None when the bytes do not start like a PNG (Pillow
+    then says what is wrong)."""
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def critical_chunks(data: bytes, field: str) -> bytes:

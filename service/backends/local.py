@@ -85,7 +85,10 @@ class LocalBackend:
             raise Unavailable(f"model {model_name} is not loaded")
         kernels.use(self._kernels[model_name], len(array))
         with torch.inference_mode():
-            first, second = module(torch.from_numpy(np.ascontiguousarray(array)).to(self._device))
+            # A request's array is a read-only view of its message bytes: torch wants writable memory (it warns
+            # otherwise), so such an array is copied, once per call: small next to the network.
+            rows = np.require(array, requirements=("C", "W"))
+            first, second = module(torch.from_numpy(rows).to(self._device))
         return first.cpu().numpy(), second.cpu().numpy()
 
     async def _call(self, model_name: str, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
