@@ -29,6 +29,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # event-loop lag: an idle loop sits in the first bucket; the health-check budget is 0.1 s
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+GC_PAUSE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 METHODS = tuple(m.name for m in vae_pb2.DESCRIPTOR.services_by_name["VaeService"].methods)
 NETWORKS = ("encoder", "decoder")
 
@@ -73,6 +74,8 @@ class ServiceMetrics:
                               registry=registry, multiprocess_mode="max")  # fmt: skip
         self.loop_lag = Histogram("vae_event_loop_lag_seconds", "how late the event loop woke from a timer",
                                   buckets=LOOP_LAG_BUCKETS, registry=registry)  # fmt: skip
+        self.gc_pause = Histogram("vae_gc_pause_seconds", "pauses of Python's cyclic garbage collector, by generation",
+                                  ["generation"], buckets=GC_PAUSE_BUCKETS, registry=registry)  # fmt: skip
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         self.latent_health: LatentHealth | None = None

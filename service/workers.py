@@ -62,13 +62,14 @@ def run_worker(settings: Settings, index: int, ready: Connection) -> None:
 
 
 async def _serve(settings: Settings, index: int, ready: Connection) -> None:
-    from service.server import start_server  # here, not at import: the supervisor imports this module too
+    from service.server import freeze_start_up_objects, start_server  # here: the supervisor imports this module
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a SIGTERM kept while loading is delivered now
     running = await start_server(settings)
+    freeze_start_up_objects(settings)
     ready.send(Ready(index, os.getpid(), running.port, running.metrics_port))
     ready.close()
     await stop.wait()

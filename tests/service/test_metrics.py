@@ -3,6 +3,8 @@ equal what the replies themselves say, /metrics binds where it is told, and the 
 
 from __future__ import annotations
 
+import gc
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +77,24 @@ def test_every_known_series_is_exported_at_zero_before_traffic(model_repository:
     for network in ("encoder", "decoder"):
         assert _get(samples, "vae_backend_errors_total", backend="local", network=network) == 0
     assert _get(samples, "process_resident_memory_bytes") > 0 and _get(samples, "process_cpu_seconds_total") > 0
+    for generation in ("0", "1", "2"):  # a series per generation (not zero: this test process collects too)
+        assert _get(samples, "vae_gc_pause_seconds_count", generation=generation) >= 0
+
+
+def test_gc_pauses_are_timed_by_generation(server: ServerThread) -> None:
+    before = _samples(server)
+    gc.collect()  # a full collection of this process (the in-process server's too): generation 2
+    deadline = time.monotonic() + 5
+    while _get(_samples(server), "vae_gc_pause_seconds_count", generation="2") <= _get(
+        before, "vae_gc_pause_seconds_count", generation="2"
+    ):
+        assert time.monotonic() < deadline, "a full collection was not recorded"
+        time.sleep(0.05)
+    after = _samples(server)
+    added = _get(after, "vae_gc_pause_seconds_sum", generation="2") - _get(
+        before, "vae_gc_pause_seconds_sum", generation="2"
+    )
+    assert 0 < added < 5  # seconds: a real duration, not a count or a timestamp
 
 
 def test_latent_health_equals_what_the_replies_say(server: ServerThread) -> None:

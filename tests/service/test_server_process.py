@@ -4,6 +4,7 @@ RESOURCE_EXHAUSTED at once while health checks keep being answered."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from service.codecs import array_to_tensor
 from service.config import Settings, load_settings
 from service.proto_gen.vae.v1 import vae_pb2 as V
 from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
+from service.server import freeze_start_up_objects
 from tests.service.harness import serving, stub_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,10 +69,25 @@ def test_sigterm_finishes_in_flight_requests(model_repository: Path, tmp_path: P
                 reply = pending.result(timeout=150)
         assert len(reply.scores) == 40
         assert process.wait(timeout=30) == 0
-        assert "shutting down" in port_file.read_text()
+        log_text = port_file.read_text()
+        assert "shutting down" in log_text
+        froze = [line for line in log_text.splitlines() if "start-up objects out of the cyclic GC" in line]
+        assert froze and int(froze[0].split("froze ")[1].split()[0]) > 10_000, log_text  # models, modules, grpc...
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_gc_freeze_moves_the_heap_out_of_the_collectors_reach_and_can_be_turned_off() -> None:
+    assert gc.get_freeze_count() == 0
+    freeze_start_up_objects(Settings(gc_freeze=False))
+    assert gc.get_freeze_count() == 0
+    try:
+        freeze_start_up_objects(Settings())
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # this test process's heap is the test runner's, not a server's
+    assert load_settings(["--gc-freeze", "off"], {}).gc_freeze is False
 
 
 def test_missing_repository_is_one_clear_line(tmp_path: Path) -> None:
