@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import threading
 import time
 import urllib.request
@@ -41,7 +40,7 @@ TRITON_TIMEOUT_S = 30.0  # large on purpose: whatever ends a request sooner is t
 END_BOUND_S = 6.0  # every request in flight when Triton fails ends within this (detection is ~1.5 s)
 FAIL_FAST_BOUND_S = 1.0  # a request while Triton is known down
 RECOVERY_BOUND_S = 3.0  # Triton ready -> first OK reply through the service (the aim is about 1 s)
-CRASH_WAIT_S = 10.0  # a thawed Triton whose Python backend answered with an error exits within this
+CRASH_WAIT_S = 10.0  # a thawed Triton whose Python backend answered with an error shows its abort within this
 
 
 # --- certificates, made here (tests/pki.py) ---------------------------------------------------------------------------------
@@ -118,16 +117,14 @@ def serving_again(service: ServerThread, triton: TritonServer) -> Iterator[Serve
     _ensure_serving(service, triton)
     yield service
     triton.resume()
-    if triton.process is None or triton.process.poll() is not None:
-        triton.start()
+    _restart_if_down(triton)
 
 
 def _ensure_serving(service: ServerThread, triton: TritonServer) -> None:
     """Triton alive, the service SERVING and one request answered OK through it; a Triton that answers ready but
     does not serve (a thawed one dying, see `_first_ok_after`) is killed and started afresh, once."""
     for _ in range(2):
-        if triton.process is None or triton.process.poll() is not None:
-            triton.start()
+        _restart_if_down(triton)
         _wait_health(service, SERVING, timeout=60)
         with stub_for(service) as stub:
             deadline = time.monotonic() + 10.0
@@ -211,42 +208,59 @@ def _first_ok_after(
     `thawed`: a Triton just resumed from SIGSTOP. The tritonserver here (nvidia-pytriton's, Python backend) aborts
     within a second of being thawed under load about one time in three (`std::length_error` or
     `boost::interprocess::lock_exception` in libtriton_python.so, in its log; seen with and without this service
-    cancelling its abandoned calls): a crash in Triton, not in the service. While it dies, its Python backend may
-    answer a call with an error of its own (INTERNAL, relayed as such: the service cannot tell it from a model's
-    error), so a code other than OK or UNAVAILABLE is accepted only from a thawed Triton that then exits. The
-    thawed server then never serves again, so it is restarted, and the service must serve within the same bound
-    of the restarted server's readiness."""
+    cancelling its abandoned calls): a crash in Triton, not in the service. While it dies (it may print its stack
+    and stay alive for its 30 s exit timeout), its Python backend may answer a call with an error of its own
+    (INTERNAL, relayed as such: the service cannot tell it from a model's error), so a code other than OK or
+    UNAVAILABLE is accepted only from a thawed Triton whose log then shows it aborting. The thawed server never
+    serves again, so it is killed and restarted, and the service must serve within the same bound of the
+    restarted server's readiness."""
     restarted = False
     with stub_for(server) as stub:
         while time.monotonic() - since < timeout:
-            if (
-                thawed is not None
-                and not restarted
-                and thawed.process is not None
-                and thawed.process.poll() is not None
-            ):
+            if thawed is not None and not restarted and _restart_if_down(thawed):
                 restarted = True
-                thawed.start()  # returns once Triton's readiness endpoint answers 200
                 since = time.monotonic()
                 continue
             _, ended, code = _call(stub, timeout=5.0)
             if code == OK:
                 return ended - since, restarted
             if code != UNAVAILABLE:
-                crashing = thawed is not None and not restarted and _exits_within(thawed, CRASH_WAIT_S)
+                crashing = thawed is not None and not restarted and _crashes_within(thawed, CRASH_WAIT_S)
                 assert crashing, f"{code} through the service from a Triton that did not crash"
-                print(f"\nthawed Triton answered {code.name} through the service, then exited")
+                print(f"\nthawed Triton answered {code.name} through the service, then aborted")
                 continue  # the next turn restarts it
             time.sleep(0.01)
     raise AssertionError(f"no OK reply within {timeout}s (Triton restarted after a crash: {restarted})")
 
 
-def _exits_within(triton: TritonServer, seconds: float) -> bool:
-    assert triton.process is not None
-    try:
-        triton.process.wait(seconds)
-    except subprocess.TimeoutExpired:
+CRASH_SIGNS = ("Signal (6) received", "terminate called")  # tritonserver's own lines when it aborts
+
+
+def _crashed(triton: TritonServer) -> bool:
+    """The current tritonserver exited, or aborted: its log since it last started says so. An aborting server can
+    stay alive for its exit timeout (30 s) after printing its stack, still holding its ports."""
+    if triton.process is None or triton.process.poll() is not None:
+        return True
+    log = triton.log_path.read_text(errors="replace")
+    since_start = log[log.rfind("Started GRPCInferenceService") :]
+    return any(sign in since_start for sign in CRASH_SIGNS)
+
+
+def _restart_if_down(triton: TritonServer) -> bool:
+    """Kill what is left of a crashed tritonserver and start a fresh one; whether it had to."""
+    if not _crashed(triton):
         return False
+    triton.kill()
+    triton.start()  # returns once Triton's readiness endpoint answers 200
+    return True
+
+
+def _crashes_within(triton: TritonServer, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not _crashed(triton):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
     return True
 
 
