@@ -200,3 +200,23 @@ def test_an_interrupted_run_keeps_the_rows_measured_so_far(tmp_path: Path) -> No
     assert document["meta"]["interrupted"] is True
     assert any(row.get("kind") == "load" and row.get("server") == "service" for row in document["rows"])
     assert "INTERRUPTED" in rest
+
+
+def test_ab_runs_both_services_side_by_side_and_reads_their_gc_pauses() -> None:
+    """`python -m benchmarks.ab`: every round of both services measured without errors, the medians table, and
+    each service's GC pauses from its own /metrics (B freezes its start-up heap after one full collection, so it
+    has at least that one generation-2 pause; the figures themselves are not judged)."""
+    argv = [sys.executable, "-m", "benchmarks.ab", "--a", "--gc-freeze off", "--b", "--gc-freeze on",
+            "--rounds", "2", "--seconds", "0.5", "--warmup", "0.2", "--inflight", "4"]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("round ")] == [
+        "round 1 A", "round 1 B", "round 2 B", "round 2 A"
+    ]  # fmt: skip
+    assert all(line.endswith("errors 0") for line in out.splitlines() if line.startswith("round "))
+    assert "| req/s |" in out and "errors A 0, B 0" in out
+    gc_rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in out.splitlines()
+               if line.startswith(("| A |", "| B |"))}  # fmt: skip
+    assert set(gc_rows) == {(side, generation) for side in "AB" for generation in "012"}
+    assert int(gc_rows[("B", "2")].split("|")[3].replace(",", "")) >= 1
