@@ -132,7 +132,7 @@ def decode_png(data: bytes, image_shape: tuple[int, int, int], field: str) -> np
         raise InvalidArgument(field, f"is {size[0]}x{size[1]}; the model takes {w}x{h}")
     try:
         with Image.open(io.BytesIO(critical_chunks(data, field)), formats=("PNG",)) as picture:
-            if picture.size != (w, h):
+            if picture.size != (w, h):  # a file whose IHDR is not first (or not alone), which Pillow still reads
                 width, height = picture.size
                 raise InvalidArgument(field, f"is {width}x{height}; the model takes {w}x{h}")
             if picture.mode not in PNG_MODES:

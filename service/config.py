@@ -63,7 +63,7 @@ class Settings:
     workers: int = 1  # server processes sharing --port (SO_REUSEPORT); torch-threads 0 then means cores / workers
     score_chunk_rows: int = 2048  # Score decodes images x samples rows in chunks of this many (bounds memory)
     # once serving, move every start-up object out of the cyclic GC's reach (gc.freeze), so full collections scan
-    # only what requests made: p99 at 64 in flight about 0.7x (BENCHMARKS.md, `python -m benchmarks.ab`)
+    # only what requests made: 80 -> 5 ms mean pause (BENCHMARKS.md, `python -m benchmarks.ab`)
     gc_freeze: bool = True
     log_level: str = "INFO"
 
