@@ -19,7 +19,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[triton,train,triton-server,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[local,triton,train,triton-server,dev]'
 	touch $@
 
 # The main job: serve the shipped default model over gRPC (embedded TorchScript backend).

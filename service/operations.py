@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-import torch
 
 from service import requests as rq
 from service.backends.base import Backend
@@ -262,17 +261,17 @@ def _require_finite(array: np.ndarray, model: ModelSpec, network: str) -> None:
         raise ServiceError(f"model {model.name!r}: the {network} produced non-finite values")
 
 
-def _f64(array: np.ndarray) -> torch.Tensor:
-    """A float64 tensor of `array` for the Score maths (a fresh copy: numpy arrays here may be read-only)."""
-    return torch.from_numpy(np.asarray(array, dtype=np.float64))
+def _f64(array: np.ndarray) -> np.ndarray:
+    """`array` in float64, for the Score maths."""
+    return np.asarray(array, dtype=np.float64)
 
 
 def _posterior_draws(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    """z = mu + sigma * eps per row, float32, by the function training's evaluation uses (the same z bits)."""
-    return objective.posterior_sample(torch.from_numpy(mu), torch.from_numpy(logvar), torch.from_numpy(eps)).numpy()
+    """z = mu + sigma * eps per row, float32, by the function training's evaluation uses."""
+    return objective.posterior_sample(mu, logvar, eps).astype(np.float32, copy=False)
 
 
-def _log_scale(model: ModelSpec) -> torch.Tensor | None:
+def _log_scale(model: ModelSpec) -> np.ndarray | None:
     """The Gaussian likelihood's per-channel log sigma from the model's metadata; None for Bernoulli."""
     if model.likelihood != "gaussian":
         return None
@@ -295,15 +294,13 @@ def _log_weights(
     for start in range(0, len(z), MATH_ROWS):
         rows = slice(start, start + MATH_ROWS)
         part = (_f64(x[rows]), _f64(z[rows]), _f64(mu[rows]), _f64(logvar[rows]), _f64(logits[rows]))
-        terms = objective.importance_terms(*part, model.likelihood, scale)
-        log_px_z[rows], log_w[rows] = terms[0].numpy(), terms[1].numpy()
+        log_px_z[rows], log_w[rows] = objective.importance_terms(*part, model.likelihood, scale)
     return log_px_z, log_w
 
 
 def _image_scores(log_px_z: np.ndarray, log_w: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> Scores:
     """Score's reply from the [N, k] log terms and the posterior [N, D], reduced by `vaecore.objective`."""
-    scores = objective.image_scores(torch.from_numpy(log_px_z), torch.from_numpy(log_w), _f64(mu), _f64(logvar), 1)
-    return Scores(*(column.numpy() for column in scores))
+    return Scores(*objective.image_scores(log_px_z, log_w, _f64(mu), _f64(logvar), 1))
 
 
 def sample_pixels(model: ModelSpec, mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:

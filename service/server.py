@@ -39,8 +39,16 @@ def make_backend(settings: Settings, models: dict[str, ModelSpec]) -> Backend:
         from service.backends.triton import TritonBackend
 
         return TritonBackend.from_settings(models, settings)
-    from service.backends.local import LocalBackend
-
+    try:
+        from service.backends.local import LocalBackend
+    except ModuleNotFoundError as exc:  # the -triton image: the networks run in Triton, so it carries no torch
+        if exc.name != "torch":
+            raise
+        raise ValueError(
+            "--backend local runs the networks in this process with PyTorch, which this installation does not have "
+            "(the vae-service:<version>-triton image carries none): use --backend triton with --triton-url, or the "
+            "image without -triton (or pip install 'vae-serving[local]')"
+        ) from exc
     return LocalBackend(models, settings.device, settings.torch_threads, inline_rows=settings.inline_rows,
                         onednn=settings.onednn, max_batch_size=settings.max_batch_size)  # fmt: skip
 

@@ -186,17 +186,35 @@ class TritonServer:
             os.killpg(self.process.pid, sig)
 
 
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM or SIGHUP, so that `main` stops its tritonserver before it exits."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
 def main() -> int:
+    """Serve a repository until SIGINT, SIGTERM or SIGHUP, then stop tritonserver and wait for it. The server runs
+    in a session of its own (so `pause()` can freeze its whole group): without this, a SIGTERM to this process
+    would leave it running, ports held."""
     if len(sys.argv) != 2:
         print("usage: python -m training.triton_local PYTHON_BACKEND_REPOSITORY", file=sys.stderr)
         return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
     server = TritonServer(Path(sys.argv[1]).resolve(), Path(tempfile.mkdtemp(prefix="triton-")))
-    server.start()
-    print(f"tritonserver ready: grpc {server.grpc_url}, http {server.http_port}, metrics {server.metrics_port}")
     try:
+        server.start()
         assert server.process is not None
+        print(f"tritonserver ready: grpc {server.grpc_url}, http {server.http_port}, metrics {server.metrics_port}, "
+              f"pid {server.process.pid}", flush=True)  # fmt: skip
         server.process.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop) as why:
+        print(f"stopping tritonserver ({type(why).__name__} {why})", flush=True)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the stop short
         server.stop()
     return 0
 
