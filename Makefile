@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/mnist
 
-.PHONY: setup system-deps run monitor rules responsiveness model train evaluate plots export test lint format generate bench clean
+.PHONY: setup system-deps image run monitor rules responsiveness model train evaluate plots export test lint format generate bench clean
 
 setup: $(VENV)/.installed .tools/node_modules/.bin/buf system-deps
 
@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[local,triton,train,triton-server,dev]'
 	touch $@
+
+# Both service images, vae-service:<version> (CPU PyTorch) and vae-service:<version>-triton (no torch), with podman
+# (installed from Debian if missing); a stand-in base image where no registry answers. Prints sizes and layers.
+image: setup
+	$(PY) -m tools.containers.images $(IMAGE_ARGS)
 
 # The main job: serve the shipped default model over gRPC (embedded TorchScript backend).
 run: setup

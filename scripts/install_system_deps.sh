@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: a real Prometheus server and promtool (deploy/prometheus is checked with them),
-# and the Noto Color Emoji font (the colour emoji dataset, training/emoji.py, is rendered from it).
+# the Noto Color Emoji font (the colour emoji dataset, training/emoji.py, is rendered from it), and a container
+# engine for the image tests (scripts/install_container_engine.sh).
 # Idempotent: does nothing when they are already there. Needs root or sudo the first time.
 set -euo pipefail
+"$(dirname "$0")/install_container_engine.sh"
 EMOJI_FONT=/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 present() {
   command -v prometheus >/dev/null && command -v promtool >/dev/null && [ -f "$EMOJI_FONT" ]

@@ -2,15 +2,14 @@
 file (the compose specification's JSON schema), the Dockerfile (hadolint), every YAML file (yamllint), and
 cross-checks between them and the service's own settings.
 
-There is no kustomize binary here, so `render()` below is a deliberately small kustomize: `resources` (files and
-directories), `patches` (strategic-merge patches by path, the only kind the overlays use), `images` and
-`namespace`. A kustomization using anything else fails the test rather than being rendered wrong.
+There is no kustomize binary here, so `tools.kustomize.render()` is a deliberately small kustomize (`resources`,
+strategic-merge `patches`, `images`, `namespace`); a kustomization using anything else fails rather than being
+rendered wrong.
 Every validator is also shown rejecting a broken input, so none of these checks can pass vacuously.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import fnmatch
 import json
@@ -19,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import yaml
 
 from service.config import Settings, load_settings
 from service.proto_gen.vae.v1 import vae_pb2
+from tools.kustomize import image_name, pod_containers, render
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -57,95 +58,6 @@ def tool(name: str) -> str:
 
 def run(*cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A small, honest kustomize
-# ---------------------------------------------------------------------------------------------------------------
-
-KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "patches", "images", "namespace"}
-# Strategic-merge keys of the lists the patches touch (as in the Kubernetes API's patchMergeKey).
-MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
-              "volumeMounts": "mountPath"}  # fmt: skip
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass",
-                  "CustomResourceDefinition", "PriorityClass", "APIService"}  # fmt: skip
-
-
-def load_docs(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-
-
-def strategic_merge(base: Any, patch: Any) -> Any:
-    if not (isinstance(base, dict) and isinstance(patch, dict)):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif key in MERGE_KEYS and isinstance(value, list) and isinstance(out.get(key), list):
-            merge_key = MERGE_KEYS[key]
-            items = out[key]
-            for item in value:
-                match = [i for i, existing in enumerate(items) if existing.get(merge_key) == item.get(merge_key)]
-                if match:
-                    items[match[0]] = strategic_merge(items[match[0]], item)
-                else:
-                    items.append(copy.deepcopy(item))
-        elif key in out:
-            out[key] = strategic_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def pod_containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-    return list(spec.get("initContainers", [])) + list(spec.get("containers", []))
-
-
-def image_name(image: str) -> str:
-    image = image.split("@", 1)[0]
-    last = image.rsplit("/", 1)[-1]
-    return image.rsplit(":", 1)[0] if ":" in last else image
-
-
-def render(directory: Path) -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - KUSTOMIZATION_KEYS
-    assert not unknown, f"{directory}: this test's kustomize subset does not implement {unknown}"
-    docs: list[dict[str, Any]] = []
-    for resource in kustomization.get("resources", []):
-        path = (directory / resource).resolve()
-        assert path.exists(), f"{directory}/kustomization.yaml: resource {resource} does not exist"
-        docs += render(path) if path.is_dir() else load_docs(path)
-    for patch in kustomization.get("patches", []):
-        assert set(patch) == {"path"}, f"only strategic-merge patches by path are implemented, got {patch}"
-        for change in load_docs(directory / patch["path"]):
-            targets = [i for i, d in enumerate(docs)
-                       if d["kind"] == change["kind"] and d["metadata"]["name"] == change["metadata"]["name"]]  # fmt: skip
-            assert len(targets) == 1, f"patch {patch['path']} matches {len(targets)} resources"
-            docs[targets[0]] = strategic_merge(docs[targets[0]], change)
-    for entry in kustomization.get("images", []):
-        assert set(entry) <= {"name", "newName", "newTag", "digest"}, entry
-        hits = 0
-        for doc in docs:
-            for container in pod_containers(doc):
-                if image_name(container["image"]) == entry["name"]:
-                    name = entry.get("newName", entry["name"])
-                    if "digest" in entry:
-                        container["image"] = f"{name}@{entry['digest']}"
-                    else:
-                        tag = entry.get("newTag", container["image"][len(entry["name"]) + 1 :])
-                        container["image"] = f"{name}:{tag}"
-                    hits += 1
-        assert hits, f"{directory}: images entry {entry['name']} matches no container"
-    if "namespace" in kustomization:
-        for doc in docs:
-            assert doc["kind"] not in CLUSTER_SCOPED, f"{doc['kind']} is cluster-scoped"
-            doc["metadata"]["namespace"] = kustomization["namespace"]
-    keys = [(d["kind"], d["metadata"]["name"]) for d in docs]
-    assert len(keys) == len(set(keys)), f"duplicate resources: {keys}"
-    return docs
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -650,16 +562,23 @@ def test_compose_monitoring_mounts_and_scrape_targets() -> None:
 
 
 def test_images_match_between_compose_and_kubernetes(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """cpu: the local-backend image; gpu: the image without torch (make image's tags), in compose and Kubernetes,
+    for the service and for the init container that copies its repository into Triton's volume."""
+    from tools.containers.images import tag
+
     name, docs = overlay
     services = compose()["services"]
-    service_image = default_of(services["vae-service"]["image"])
-    assert default_of(services["vae-service-cpu"]["image"]) == service_image
+    compose_service = {"cpu": "vae-service-cpu", "gpu": "vae-service"}[name]
+    service_image = default_of(services[compose_service]["image"])
+    assert service_image == tag({"cpu": "local", "gpu": "triton"}[name])
+    assert services[compose_service]["build"]["target"] == {"cpu": "local", "gpu": "triton"}[name]
     assert image_name(service_image) == SERVICE_IMAGE_NAME
     assert container(one(docs, "Deployment", "vae-service"), "vae-service")["image"] == service_image
     if name == "gpu":
-        assert container(one(docs, "Deployment", "triton"), "triton")["image"] == default_of(
-            services["triton"]["image"]
-        )
+        triton = one(docs, "Deployment", "triton")
+        assert container(triton, "triton")["image"] == default_of(services["triton"]["image"])
+        (init,) = triton["spec"]["template"]["spec"]["initContainers"]
+        assert init["name"] == "model-repository" and init["image"] == service_image
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -682,35 +601,71 @@ def test_dockerfile_passes_hadolint(tmp_path: Path) -> None:
     assert result.returncode != 0 and "DL3007" in result.stdout and "DL3008" in result.stdout, result.stdout
 
 
-def test_dockerfile_serving_only_non_root_and_same_install_step() -> None:
-    instructions = dockerfile_instructions()
-    stages = [i for i, (op, _) in enumerate(instructions) if op == "FROM"]
-    assert len(stages) >= 2, "multi-stage"
-    runtime = instructions[stages[-1] :]
-    copies = [shlex.split(arg) for op, arg in instructions if op == "COPY"]
-    sources = {s for words in copies if not words[0].startswith("--from") for s in words[:-1]}
-    assert sources == {"pyproject.toml", "constraints.txt", "README.md", "vaecore/", "service/",
-                       "deploy/model_repository/"}  # fmt: skip
-    assert not any("training" in s or "tests" in s for s in sources)
-    (install,) = [arg for op, arg in instructions if op == "RUN" and "pip install" in arg]
-    words = shlex.split(install.split("&&")[0])
-    assert words[words.index("-c") + 1] == "constraints.txt" and "'.[triton]'" in install
-    assert "-e" not in words and "--editable" not in words
-    assert "--extra-index-url" in words and "${TORCH_VARIANT}" in words[words.index("--extra-index-url") + 1]
-    assert "compileall" in install
-    # The tests' environment is installed with the same constraints file.
-    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's instructions by stage name (`FROM ... AS name`)."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for op, arg in dockerfile_instructions():
+        if op == "FROM":
+            current = stages.setdefault(arg.split()[-1], [])
+        current.append((op, arg))
+    return stages
 
+
+def install_steps(stage: list[tuple[str, str]]) -> list[str]:
+    return [arg for op, arg in stage if op == "RUN" and "pip install" in arg]
+
+
+def test_dockerfile_targets_serving_only_non_root_and_the_tests_constraints() -> None:
+    stages = dockerfile_stages()
+    assert list(stages)[-1] == "local", "a plain `docker build` (no --target) gives the CPU image"
+    copies = [shlex.split(arg) for op, arg in dockerfile_instructions() if op == "COPY"]
+    sources = {s for words in copies if not words[0].startswith("--from") for s in words[:-1]}
+    assert sources == {"pyproject.toml", "constraints.txt", "deploy/docker/requirements.py", "README.md", "vaecore/",
+                       "service/", "deploy/model_repository/"}  # fmt: skip
+    assert not any("training" in s or "tests" in s for s in sources)
+    # Dependencies: pyproject's base list plus the named extras, under the tests' constraints file.
+    for stage, extras in (("deps-triton", "triton"), ("deps-local", "local triton")):
+        (install,) = install_steps(stages[stage])
+        assert f"requirements.py pyproject.toml {extras} > requirements.txt" in install
+        assert "-c constraints.txt -r requirements.txt" in install and "compileall" in install
+    assert "TORCH_INDEX" in install_steps(stages["deps-local"])[0]
+    assert "TORCH_INDEX" not in " ".join(install_steps(stages["deps-triton"]))
+    # The project itself: installed (not editable) without dependencies, once for both targets.
+    (project,) = install_steps(stages["app"])
+    words = shlex.split(project.split("&&")[-2])
+    assert "--no-deps" in words and "-e" not in words and "--editable" not in words
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()  # the tests' environment: same constraints file
+
+    runtime = stages["runtime"]
     env = " ".join(arg for op, arg in runtime if op == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env and "VAE_MODEL_REPOSITORY=/models" in env
-    (user,) = [arg for op, arg in runtime if op == "USER"]
-    uid = user.split(":")[0]
-    assert uid.isdigit() and int(uid) > 0
     (expose,) = [arg for op, arg in runtime if op == "EXPOSE"]
     assert {int(p) for p in expose.split()} == {DEFAULTS.port, DEFAULTS.metrics_port}
     (entrypoint,) = [json.loads(arg) for op, arg in runtime if op == "ENTRYPOINT"]
     assert entrypoint == ["python", "-m", "service"]
+    for target, deps in (("local", "deps-local"), ("triton", "deps-triton")):
+        stage = stages[target]
+        assert stage[0][1].split()[0] == "runtime"
+        assert f"--from={deps} /opt/venv /opt/venv" in [arg for op, arg in stage if op == "COPY"]
+        (user,) = [arg for op, arg in stage if op == "USER"]
+        assert user.split(":")[0] == "10001"
+    assert "VAE_BACKEND=triton" in [arg for op, arg in stages["triton"] if op == "ENV"]
     load_settings([], environ={})  # the image starts with no arguments: defaults must parse
+
+
+def test_dockerfile_requirements_helper_matches_pyproject() -> None:
+    """deploy/docker/requirements.py lists what `pip install '.[local,triton]'` would: the same dependency lists."""
+    helper = DEPLOY / "docker" / "requirements.py"
+    result = run(sys.executable, str(helper), str(ROOT / "pyproject.toml"), "triton")
+    assert result.returncode == 0, result.stderr
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert result.stdout.split() == project["dependencies"] + project["optional-dependencies"]["triton"]
+    assert not any(r.startswith("torch") for r in result.stdout.split()), "the -triton image carries no torch"
+    local = run(sys.executable, str(helper), str(ROOT / "pyproject.toml"), "local", "triton").stdout.split()
+    assert "torch==2.13.0" in local
+    unknown = run(sys.executable, str(helper), str(ROOT / "pyproject.toml"), "gpu")
+    assert unknown.returncode != 0 and "no extra gpu" in unknown.stderr
 
 
 def healthcheck_command() -> list[str]:
@@ -813,42 +768,14 @@ def test_dockerignore_admits_only_what_the_image_copies() -> None:
     files = run("git", "ls-files", cwd=ROOT).stdout.split()
     included = {f for f in files if dockerignore_included(f)}
     assert included, "nothing would reach the build"
-    allowed = ("pyproject.toml", "constraints.txt", "README.md", "service/", "vaecore/", "deploy/model_repository/")
+    allowed = ("pyproject.toml", "constraints.txt", "README.md", "service/", "vaecore/", "deploy/model_repository/",
+               "deploy/docker/requirements.py")  # fmt: skip
     assert all(f.startswith(allowed) for f in included), sorted(f for f in included if not f.startswith(allowed))
     for needed in ("pyproject.toml", "constraints.txt", "README.md", "service/__main__.py",
                    "deploy/model_repository/mnist.vae.json"):  # fmt: skip
         assert needed in included
     assert not any(f.startswith(("training/", "tests/")) for f in included)
     assert not dockerignore_included("service/__pycache__/api.cpython-311.pyc")
-
-
-def test_image_install_step_resolves_serving_packages_only(tmp_path: Path) -> None:
-    """The Dockerfile's pip step, run (as a dry run) on a copy of exactly the build context: it builds the
-    project without training/ and resolves the serving dependencies under constraints.txt, and nothing else.
-    (Its --extra-index-url is dropped: download.pytorch.org is not reachable here; the pin is the same.)"""
-    context = tmp_path / "context"
-    for f in run("git", "ls-files", cwd=ROOT).stdout.split():
-        if dockerignore_included(f):
-            (context / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, context / f)
-    (install,) = [arg for op, arg in dockerfile_instructions() if op == "RUN" and "pip install" in arg]
-    words = shlex.split(install.split("&&")[0])
-    i = words.index("--extra-index-url")
-    words = words[:i] + words[i + 2 :]
-    assert words[:2] == ["pip", "install"]
-    report = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", *words, "--dry-run", "--ignore-installed", "--quiet", "--report", str(report)]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=context, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    installed = {
-        re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower(): i["metadata"]["version"]
-        for i in json.loads(report.read_text())["install"]
-    }
-    assert installed["vae-serving"] == "0.1.0"
-    assert installed["torch"].split("+")[0] == "2.13.0"
-    assert {"grpcio", "tritonclient", "prometheus-client", "numpy"} <= set(installed)
-    for unwanted in ("matplotlib", "pytest", "tqdm", "nvidia-pytriton", "ruff", "mypy", "grpcio-tools"):
-        assert unwanted not in installed
 
 
 # ---------------------------------------------------------------------------------------------------------------
