@@ -1,14 +1,17 @@
 """A live monitoring stack for the dashboard tests: the service in-process (local backend, or --backend triton
 against a real tritonserver), a real Prometheus scraping it (and Triton) every second, and a little traffic of
-every RPC already sent and scraped."""
+every RPC already sent and scraped. And the container images, built for real, with a real tritonserver for the
+`-triton` image."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -16,8 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.config import Settings
 from service.inprocess import ServerThread, serving
+from tests.deploy.containers import ROOT, TcpForwarder
+from tools.containers.engine import Engine, EngineUnavailable, find_engine
+from tools.containers.images import TARGETS, build, plan, size, tag
 from tools.prom import PrometheusApi, PrometheusServer, ScrapeJob, poll
 from tools.traffic import Tally, Traffic
+
+if TYPE_CHECKING:
+    from training.triton_local import TritonServer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -68,3 +77,72 @@ def live_stack(
         with ThreadPoolExecutor(3) as pool:  # concurrent rounds, so the batcher merges requests
             list(pool.map(lambda seed: traffic.round(seed, errors=True), range(6)))
         yield LiveStack(backend, server, prometheus, prometheus.api, traffic.tally)
+
+
+# ---- the images, built for real (tests/deploy/test_images.py, test_kube_play.py) ------------------------------
+
+REPORT: list[str] = []  # lines for the end of the run: build times, sizes, start to SERVING
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REPORT:
+        terminalreporter.write_sep("-", "container images")
+        for line in REPORT:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    """podman, able to run here. No engine is a failure that says what is missing, never a skip."""
+    try:
+        return find_engine(install=False)
+    except EngineUnavailable as exc:
+        pytest.fail(f"the image tests need a container engine: {exc}")
+
+
+@pytest.fixture(scope="session")
+def images(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Both images, built as `make image` builds them (the layer cache makes a rebuild of unchanged layers free)."""
+    workdir = tmp_path_factory.mktemp("image-build")
+    build_plan = plan(engine, workdir)
+    REPORT.append(f"base image: {build_plan.base.describe()}")
+    built = {}
+    for target in TARGETS:
+        seconds = build(engine, build_plan, target, workdir / "build.log", echo=False)
+        built[target] = tag(target)
+        REPORT.append(f"built {tag(target)} in {seconds:.0f} s: {size(engine, tag(target)) / 1e6:.0f} MB")
+    return built
+
+
+@pytest.fixture(scope="session")
+def shipped_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A real tritonserver serving the shipped repository (its Python-backend variant: the libtorch backend is not
+    on this machine), the one the `-triton` image's baked models expect."""
+    from training.export import derive_python_variant
+    from training.triton_local import TritonServer
+
+    python_repo = tmp_path_factory.mktemp("shipped_python_repository")
+    derive_python_variant(ROOT / "deploy" / "model_repository", python_repo, max_batch_size=64)
+    server = TritonServer(python_repo, tmp_path_factory.mktemp("shipped_triton")).start(timeout_s=300)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_service_port(engine: Engine, shipped_triton: TritonServer) -> Iterator[str]:
+    """The Kubernetes `triton` Service as a container sees it: port 8001 on the container network's gateway,
+    relayed to the test tritonserver; containers resolve `triton` there (--add-host, or a pod's hostAliases)."""
+    gateway = bridge_gateway(engine)
+    forwarder = TcpForwarder(gateway, 8001, ("127.0.0.1", shipped_triton.grpc_port))
+    try:
+        yield gateway
+    finally:
+        forwarder.close()
+
+
+def bridge_gateway(engine: Engine) -> str:
+    """The host's address on podman's default bridge network (where containers reach the host)."""
+    network = json.loads(engine("network", "inspect", "podman").stdout)[0]
+    return str(network["subnets"][0]["gateway"])
