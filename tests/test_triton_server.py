@@ -4,7 +4,12 @@ and its answers equal local TorchScript for the same inputs, also when requests 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +104,28 @@ def test_concurrent_requests_each_get_their_own_rows(triton: TritonServer, pytho
 
 def partial(answers: queue.Queue, index: int):  # type: ignore[no-untyped-def]
     return lambda result, error: answers.put((index, result, error))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_cli_stops_its_tritonserver_on_sigterm(python_repo: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    """`python -m training.triton_local REPO` runs tritonserver in a session of its own; a SIGTERM (or SIGHUP) to
+    the CLI must stop that server and wait for it, not leave it running with its ports held."""
+    log_path = tmp_path / "cli.log"
+    with log_path.open("w") as log:
+        cli = subprocess.Popen([sys.executable, "-m", "training.triton_local", str(python_repo)],
+                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline, pid = time.monotonic() + 120, None
+        while pid is None and time.monotonic() < deadline and cli.poll() is None:
+            ready = [line for line in log_path.read_text().splitlines() if line.startswith("tritonserver ready")]
+            pid = int(ready[0].rsplit("pid ", 1)[1]) if ready else None
+            time.sleep(0.1)
+        assert pid is not None, log_path.read_text()
+        os.kill(pid, 0)  # the server runs
+        cli.send_signal(sig)
+        assert cli.wait(timeout=60) == 0, log_path.read_text()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # stopped and reaped by the CLI before it exited
+    finally:
+        if cli.poll() is None:
+            cli.kill()
