@@ -131,9 +131,11 @@ def shipped_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonS
 
 
 @pytest.fixture(scope="session")
-def triton_service_port(engine: Engine, shipped_triton: TritonServer) -> Iterator[str]:
+def triton_service_port(engine: Engine, images: dict[str, str], shipped_triton: TritonServer) -> Iterator[str]:
     """The Kubernetes `triton` Service as a container sees it: port 8001 on the container network's gateway,
     relayed to the test tritonserver; containers resolve `triton` there (--add-host, or a pod's hostAliases)."""
+    # podman creates the bridge, and the gateway's address on the host, with the first container on its network.
+    engine("run", "--rm", "--network", "podman", "--entrypoint", "true", images["triton"])
     gateway = bridge_gateway(engine)
     forwarder = TcpForwarder(gateway, 8001, ("127.0.0.1", shipped_triton.grpc_port))
     try:
