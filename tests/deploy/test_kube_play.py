@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ def probe_command(probe: dict[str, Any]) -> list[str]:
             "--service", grpc.get("service", ""), "--timeout", str(probe.get("timeoutSeconds", 1))]  # fmt: skip
 
 
+@contextmanager
 def played(
     engine: Engine, deployment: dict[str, Any], image: str, tmp: Path, aliases: dict[str, str]
 ) -> Iterator[tuple[str, str]]:
@@ -64,9 +66,7 @@ def test_overlay_pod_starts_serves_and_passes_its_probes(
     image = images["local" if overlay == "cpu" else "triton"]
     assert spec.deployment["spec"]["template"]["spec"]["containers"][0]["image"] == image  # what the overlay names
     aliases = {"triton": triton_service_port} if overlay == "gpu" else {}
-    pod = played(engine, spec.deployment, image, tmp_path, aliases)
-    name, address = next(pod)
-    try:
+    with played(engine, spec.deployment, image, tmp_path, aliases) as (name, address):
         wait_until(address, "SERVING", 120)
         answered = every_rpc(address)
         assert answered["Sample"] == 4 and answered["Score"] == 4
@@ -83,5 +83,3 @@ def test_overlay_pod_starts_serves_and_passes_its_probes(
         for key, value in spec.env.items():
             assert env[key] == value, key  # resourceFieldRef included: VAE_TORCH_THREADS from limits.cpu
         assert config["Config"]["Cmd"] == spec.args
-    finally:
-        pod.close()
