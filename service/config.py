@@ -21,9 +21,16 @@ class Settings:
     model_repository: Path = DEFAULT_REPOSITORY  # folder with <name>.vae.json files and their networks
     # model used when a request names none (empty: the repository's default_model file, else the first by name)
     default_model: str = ""
+    # Model lifecycle (docs/operations.md "Updating models"): the repository is re-read on SIGHUP, every
+    # repository_poll_s seconds when > 0, and on the admin service's Reload.
+    repository_poll_s: float = 0.0  # poll the repository for new, changed or removed versions (0: off)
+    unload_grace_s: float = 30.0  # a retired version is unloaded once its in-flight requests end, at the latest after this
     backend: str = "local"  # local (in-process TorchScript) or triton
     triton_url: str = "localhost:8001"  # Triton gRPC address, for --backend triton
     triton_timeout_s: float = 30.0  # per Triton call
+    # explicit: the service loads and unloads versions in Triton (tritonserver --model-control-mode=explicit);
+    # none: Triton serves what its repository lists, the service only checks that each version it serves is ready
+    triton_model_control: str = "none"
     device: str = "cpu"  # torch device of the local backend: cpu, cuda, cuda:1
     torch_threads: int = 0  # torch intra-op threads of the local backend (0: cores / workers)
     inline_rows: int = 1  # local backend: calls of at most this many rows that find it idle run on the loop (0: never)
@@ -55,6 +62,9 @@ class Settings:
     tls_key_file: str = ""  # PEM private key of that certificate
     tls_client_ca_file: str = ""  # PEM CA bundle: mutual TLS, every client must present a certificate it signed
     auth_token_file: str = ""  # bearer tokens, one per line: `authorization: Bearer <token>` required (not for health)
+    # the admin service (vae.v1.ModelAdmin: load, unload, default version, traffic split): off unless this is set;
+    # its tokens, one per line, are a credential of their own (callers' tokens are refused there, and these on the API)
+    admin_token_file: str = ""
     triton_tls_ca_file: str = ""  # PEM CA bundle: reach Triton over TLS, verifying its certificate against it
     triton_tls_cert_file: str = ""  # PEM client certificate for Triton (mutual TLS), with triton_tls_key_file
     triton_tls_key_file: str = ""
@@ -119,6 +129,10 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
         parser.error(f"--backend must be local or triton, got {settings.backend!r}")
     if settings.onednn not in ONEDNN_SETTINGS:
         parser.error(f"--onednn must be one of {', '.join(ONEDNN_SETTINGS)}, got {settings.onednn!r}")
+    if settings.triton_model_control not in ("none", "explicit"):
+        parser.error(f"--triton-model-control must be none or explicit, got {settings.triton_model_control!r}")
+    if settings.repository_poll_s < 0 or settings.unload_grace_s < 0:
+        parser.error("--repository-poll-s and --unload-grace-s must be >= 0")
     if settings.workers < 1:
         parser.error(f"--workers must be at least 1, got {settings.workers}")
     return settings

@@ -84,3 +84,31 @@ def mixed_repository(trained_run: Path, colour_run: Path, tmp_path_factory: pyte
         model, checkpoint = load_checkpoint(run / "best.pt")
         export_repository(model, checkpoint, repo, name, max_batch_size=64)
     return repo
+
+
+def perturbed(model: ConvVAE, part: str, seed: int, scale: float = 0.05) -> ConvVAE:
+    """A copy of `model` with noise added to the weights of one part ("encoder" or "decoder"): a stand-in for a
+    retrain of that part alone."""
+    import copy
+
+    changed = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in getattr(changed, part).parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    return changed
+
+
+@pytest.fixture(scope="session")
+def versioned_repository(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Model "tiny" in three versions: 1 (the trained one, the default), 2 (its decoder retrained: the same latent
+    space) and 3 (its encoder retrained: another latent space). Tests that change it work on a copy."""
+    from training.export import export_repository
+
+    model, checkpoint = load_checkpoint(trained_run / "best.pt")
+    repo = tmp_path_factory.mktemp("versioned_repository")
+    export_repository(model, checkpoint, repo, "tiny", max_batch_size=64)
+    for version, part in (("2", "decoder"), ("3", "encoder")):
+        export_repository(perturbed(model, part, int(version)), checkpoint, repo, "tiny", max_batch_size=64,
+                          version=version, make_default=False)  # fmt: skip
+    return repo

@@ -4,7 +4,6 @@ agree with each other. Used for every shipped model (tests/test_shipped_model.py
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from vaecore.repository import ModelSpec, NetworkSpec, file_sha256, metadata_path, parse_metadata
+from vaecore.repository import ModelSpec, NetworkSpec, file_sha256, metadata_path, parse_metadata, read_metadata
 
 TRITON_TYPES = {model_config_pb2.TYPE_FP32: ("TYPE_FP32", torch.float32)}
 
@@ -62,7 +61,7 @@ def check_model(repository: Path, name: str) -> ModelSpec:
     the TorchScript networks actually compute. Returns the parsed spec."""
     path = metadata_path(repository, name)
     model = parse_metadata(path)
-    document = json.loads(path.read_text())
+    document = read_metadata(path)
     c, h, w = model.image_shape
     d = model.latent_dim
     assert model.name == name and c in (1, 3) and h >= 1 and w >= 1 and d >= 1, f"{path}: {model}"

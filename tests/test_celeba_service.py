@@ -4,7 +4,6 @@ the labels, is served by the real gRPC service, and does attribute arithmetic ("
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from training.data import DatasetSplits, load_dataset
 from training.export import export_repository
 from training.model import load_checkpoint
 from training.train import train
+from vaecore.repository import read_metadata
 
 V = vae_pb2
 RGB_MODEL = ModelConfig(latent_dim=4, hidden_channels=4, hidden_units=16, image_channels=3, image_size=64,
@@ -53,7 +53,7 @@ def stub(faces: tuple[Path, DatasetSplits]) -> Iterator[VaeServiceStub]:
 
 
 def _metadata(repo: Path) -> dict:
-    return json.loads((repo / "faces.vae.json").read_text())
+    return read_metadata(repo / "faces.vae.json")
 
 
 def _vector(repo: Path, name: str) -> np.ndarray:

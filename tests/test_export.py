@@ -3,7 +3,6 @@ metadata describes everything the service needs."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from tritonclient.grpc import model_config_pb2
 from training.config import ModelConfig
 from training.export import derive_python_variant, export_repository, script_modules
 from training.model import ConvVAE, load_checkpoint
+from vaecore.repository import read_metadata
 
 DTYPES = {model_config_pb2.TYPE_FP32: torch.float32}
 
@@ -98,7 +98,7 @@ def test_config_parse_rejects_unknown_fields(tmp_path: Path) -> None:
 
 
 def test_metadata_is_self_describing(repo: Path, trained_model: ConvVAE) -> None:
-    metadata = json.loads((repo / "tiny.vae.json").read_text())
+    metadata = read_metadata(repo / "tiny.vae.json")
     assert metadata["latent_dim"] == 4 and metadata["image_shape"] == [1, 28, 28]
     assert metadata["value_range"] == [0.0, 1.0] and metadata["likelihood"] == "bernoulli"
     assert metadata["encoder"]["model_name"] == "tiny_encoder" and metadata["decoder"]["model_name"] == "tiny_decoder"
@@ -146,7 +146,7 @@ def test_every_shipped_model_loads_back_for_training() -> None:
     assert files
     for file in files:
         model, record = load_checkpoint(file)
-        metadata = json.loads(file.read_text())
+        metadata = read_metadata(file)
         assert model.config == ModelConfig.from_dict(metadata["model_config"]), file.name
         if metadata.get("gaussian_log_scale") is not None:
             assert model.log_scale.tolist() == pytest.approx(metadata["gaussian_log_scale"]), file.name

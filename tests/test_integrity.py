@@ -183,7 +183,7 @@ def test_an_older_export_without_digests_serves_unverified_and_rehash_records_th
     path = metadata_path(repo, "tiny")
     document = json.loads(path.read_text())
     for part in ("encoder", "decoder"):
-        del document[part]["sha256"]
+        del document["versions"]["1"][part]["sha256"]
     path.write_text(json.dumps(document))
     verdict = verify_models(load_repository(repo))
     assert list(verdict.served) == ["tiny", "tiny2"] and verdict.unverified == {
@@ -207,7 +207,7 @@ def test_a_malformed_digest_names_the_file(model_repository: Path, tmp_path: Pat
     repo = _copy(model_repository, tmp_path)
     path = metadata_path(repo, "tiny")
     document = json.loads(path.read_text())
-    document["decoder"]["sha256"] = "ABC"
+    document["versions"]["1"]["decoder"]["sha256"] = "ABC"
     path.write_text(json.dumps(document))
     with pytest.raises(RepositoryError, match=r"tiny\.vae\.json.*tiny_decoder: sha256 must be 64 lowercase hex"):
         load_repository(repo)

@@ -21,7 +21,10 @@ from vaecore.repository import (
     load_repository,
     metadata_files,
     parse_metadata,
+    parse_versions,
     read_metadata,
+    remove_version,
+    set_default_version,
     write_metadata,
 )
 
@@ -61,7 +64,7 @@ def test_an_unknown_format_version_is_refused_by_name(tmp_path: Path, version: o
         del document["format"]
     path = tmp_path / "m.vae.json"
     path.write_text(json.dumps(document))
-    with pytest.raises(RepositoryError, match=rf"format {version!r}.*reads format {FORMAT_VERSION}"):
+    with pytest.raises(RepositoryError, match=rf"format {version!r}.*reads formats 1, {FORMAT_VERSION}"):
         read_metadata(path)
 
 
@@ -75,9 +78,49 @@ def test_an_unknown_format_version_is_refused_by_name(tmp_path: Path, version: o
 )
 def test_a_broken_metadata_file_names_itself(tmp_path: Path, change: dict[str, object], message: str) -> None:
     path = tmp_path / "m.vae.json"
-    path.write_text(json.dumps({**_metadata(), "format": FORMAT_VERSION, **change}))
-    with pytest.raises(RepositoryError, match=rf"m\.vae\.json.*{message}"):
+    body = {k: v for k, v in {**_metadata(), **change}.items() if k != "name"}
+    path.write_text(json.dumps({"format": FORMAT_VERSION, "name": "m", "default_version": "1", "versions": {"1": body}}))
+    with pytest.raises(RepositoryError, match=rf"m\.vae\.json.*version 1: .*{message}"):
         parse_metadata(path)
+
+
+def test_format_1_still_reads_as_its_one_version(tmp_path: Path) -> None:
+    path = tmp_path / "m.vae.json"
+    path.write_text(json.dumps({"format": 1, **_metadata()}))
+    versions = parse_versions(path)
+    assert list(versions.versions) == ["1"] and versions.default_version == "1"
+    assert versions.default.torchscript_path(versions.default.encoder) == tmp_path / "m_encoder" / "1" / "model.pt"
+    assert versions.default.latent_space == ""  # no digest recorded, no identity: served unstamped
+
+
+def test_versions_are_added_kept_and_removed(tmp_path: Path) -> None:
+    write_metadata(tmp_path, _metadata())
+    write_metadata(tmp_path, {**_metadata(), "latent_space": "ls1-x"}, version="2", make_default=False)
+    model = parse_versions(tmp_path / "m.vae.json")
+    assert sorted(model.versions) == ["1", "2"] and model.default_version == "1"
+    assert model.versions["2"].latent_space == "ls1-x" and model.versions["2"].version == "2"
+    assert model.versions["2"].torchscript_path(model.versions["2"].decoder) == tmp_path / "m_decoder/2/model.pt"
+    set_default_version(tmp_path, "m", "2")
+    assert parse_metadata(tmp_path / "m.vae.json").version == "2"
+    remove_version(tmp_path, "m", "2")
+    assert parse_versions(tmp_path / "m.vae.json").default_version == "1"
+    with pytest.raises(RepositoryError, match="last"):
+        remove_version(tmp_path, "m", "1")
+
+
+def test_a_version_with_other_tensors_is_refused(tmp_path: Path) -> None:
+    write_metadata(tmp_path, _metadata())
+    wider = {**_metadata(), "latent_dim": 5, "encoder": encoder_spec("m", (1, 4, 4), 5).to_json(),
+             "decoder": decoder_spec("m", (1, 4, 4), 5).to_json()}  # fmt: skip
+    with pytest.raises(RepositoryError, match=r"other tensors.*another --name"):
+        write_metadata(tmp_path, wider, version="2")
+    assert list(parse_versions(tmp_path / "m.vae.json").versions) == ["1"]  # the metadata is untouched
+
+
+@pytest.mark.parametrize("version", ["0", "01", "v2", "", "1.5"])
+def test_a_version_is_a_positive_integer(tmp_path: Path, version: str) -> None:
+    with pytest.raises(ValueError, match="positive integer"):
+        write_metadata(tmp_path, _metadata(), version=version)
 
 
 def test_an_empty_repository_is_refused(tmp_path: Path) -> None:

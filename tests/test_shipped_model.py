@@ -5,7 +5,6 @@ model evaluated as promised. A model added to the repository is covered by these
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from service.proto_gen.vae.v1 import vae_pb2
 from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.repository_checks import check_model, parse_config
 from tests.service.harness import serving, stub_for
-from vaecore.repository import load_repository, metadata_files
+from vaecore.repository import load_repository, metadata_files, read_metadata
 
 REPO = Path(__file__).resolve().parents[1] / "deploy" / "model_repository"
 SHIPPED = sorted(path.name.removesuffix(".vae.json") for path in metadata_files(REPO))
@@ -36,7 +35,7 @@ def test_default_settings_serve_the_shipped_repository() -> None:
 
 
 def test_metadata_records_the_published_evaluation() -> None:
-    metadata = json.loads((REPO / "mnist.vae.json").read_text())
+    metadata = read_metadata(REPO / "mnist.vae.json")
     evaluation = metadata["evaluation"]
     assert evaluation["importance_samples"] == 5000 and evaluation["images"] == 10000
     assert evaluation["dataset"] == "mnist" and evaluation["split"] == "test"

@@ -3,7 +3,6 @@ and its answers equal local TorchScript for the same inputs, also when requests 
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -21,6 +20,7 @@ import tritonclient.grpc as grpcclient
 from training.export import derive_python_variant, export_repository
 from training.model import load_checkpoint
 from training.triton_local import TritonServer
+from vaecore.repository import read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def _infer(client: grpcclient.InferenceServerClient, spec: dict, value: np.ndarr
 
 def test_models_are_ready_with_the_exported_config(triton: TritonServer, python_repo: Path) -> None:
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    metadata = json.loads((python_repo / "tiny.vae.json").read_text())
+    metadata = read_metadata(python_repo / "tiny.vae.json")
     for part in ("encoder", "decoder"):
         name = metadata[part]["model_name"]
         assert client.is_model_ready(name)
@@ -67,7 +67,7 @@ def test_models_are_ready_with_the_exported_config(triton: TritonServer, python_
 
 def test_triton_outputs_equal_local_torchscript(triton: TritonServer, python_repo: Path) -> None:
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    metadata = json.loads((python_repo / "tiny.vae.json").read_text())
+    metadata = read_metadata(python_repo / "tiny.vae.json")
     rng = np.random.default_rng(0)
     images = rng.random((6, 1, 28, 28), dtype=np.float32)
     latents = rng.normal(size=(9, 4)).astype(np.float32)
@@ -82,7 +82,7 @@ def test_triton_outputs_equal_local_torchscript(triton: TritonServer, python_rep
 def test_concurrent_requests_each_get_their_own_rows(triton: TritonServer, python_repo: Path) -> None:
     """Requests merged by Triton's dynamic batcher are split back in order, one answer per request."""
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    spec = json.loads((python_repo / "tiny.vae.json").read_text())["decoder"]
+    spec = read_metadata(python_repo / "tiny.vae.json")["decoder"]
     rng = np.random.default_rng(1)
     batches = [rng.normal(size=(n, 4)).astype(np.float32) for n in (1, 3, 2, 5, 1, 4, 2, 6)]
     answers: queue.Queue = queue.Queue()

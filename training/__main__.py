@@ -193,6 +193,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=int, default=256)
     p.add_argument("--evaluation", type=Path, help="JSON written by `evaluate --out`, stored in the metadata")
     p.add_argument("--attribute-images", type=int, help="use only the first N training images for attributes")
+    p.add_argument("--version", default="1", help="the version to write (a positive integer); the model's other "
+                   "versions are kept (docs/operations.md \"Updating models\")")  # fmt: skip
+    p.add_argument("--no-default", action="store_true",
+                   help="add the version without making it the default (a canary: route traffic to it by admin)")
     p.set_defaults(handler=_run_export)
 
 
@@ -204,7 +208,8 @@ def _run_export(args: argparse.Namespace) -> None:
     model, checkpoint, _ = _load(args.checkpoint, 0, need_data=False)
     evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
     path = export_repository(model, checkpoint, args.repo, args.name, args.variant, args.instance_kind,
-                             args.max_batch_size, evaluation, args.attribute_images)  # fmt: skip
+                             args.max_batch_size, evaluation, args.attribute_images, args.version,
+                             not args.no_default)  # fmt: skip
     print(path)
 
 
@@ -230,16 +235,54 @@ def _add_rehash(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_rehash(args: argparse.Namespace) -> None:
-    from vaecore.repository import RepositoryError, metadata_files, read_metadata, record_digests, write_metadata
+    from training.export import restamp
+    from vaecore.repository import RepositoryError, metadata_files
 
     paths = metadata_files(args.repo)
     if not paths:
         raise DatasetError(f"no model metadata in {args.repo}")
     for path in paths:
         try:
-            print(write_metadata(args.repo, record_digests(args.repo, read_metadata(path), args.replace)))
+            print(restamp(args.repo, path, args.replace))
         except (RepositoryError, OSError) as exc:
             raise DatasetError(f"{exc} (--replace overwrites a recorded digest)") from exc
+
+
+def _add_versions(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("versions", help="list a model's versions; set its default version or remove one")
+    p.add_argument("--repo", type=Path, default=Path("deploy/model_repository"))
+    p.add_argument("--name", required=True)
+    p.add_argument("--set-default", metavar="VERSION", help="the version requests naming none get")
+    p.add_argument("--remove", metavar="VERSION", help="drop a version from the metadata (its files stay)")
+    p.set_defaults(handler=_run_versions)
+
+
+def _run_versions(args: argparse.Namespace) -> None:
+    from training.triton_repo import set_version_policy
+    from vaecore.repository import (
+        RepositoryError,
+        metadata_path,
+        network_dir,
+        parse_versions,
+        remove_version,
+        set_default_version,
+    )
+
+    try:
+        if args.set_default:
+            set_default_version(args.repo, args.name, args.set_default)
+        if args.remove:
+            remove_version(args.repo, args.name, args.remove)
+        model = parse_versions(metadata_path(args.repo, args.name))
+    except (RepositoryError, OSError, ValueError) as exc:
+        raise DatasetError(str(exc)) from exc
+    for network in (model.default.encoder, model.default.decoder):
+        if (network_dir(args.repo, network) / "config.pbtxt").is_file():
+            set_version_policy(network_dir(args.repo, network), model.versions)
+    for version, spec in sorted(model.versions.items(), key=lambda item: int(item[0])):
+        mark = " (default)" if version == model.default_version else ""
+        print(f"{model.name} version {version}{mark}: latent space {spec.latent_space or 'unknown'}, "
+              f"test NLL {spec.test_nll or 'unknown'}")  # fmt: skip
 
 
 def _load(checkpoint_path: Path, threads: int, need_data: bool = True):  # type: ignore[no-untyped-def]
@@ -264,7 +307,8 @@ def _load(checkpoint_path: Path, threads: int, need_data: bool = True):  # type:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_plots, _add_export, _add_python_repo, _add_rehash):
+    for add in (_add_train, _add_evaluate, _add_plots, _add_export, _add_python_repo, _add_rehash,
+                _add_versions):
         add(sub)
     return parser
 

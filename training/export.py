@@ -18,19 +18,23 @@ from training.config import TrainConfig
 from training.data import fixed_binarization, load_dataset
 from training.model import ConvVAE
 from training.train import total_train_seconds
-from training.triton_repo import InstanceKind, Variant, write_model
+from training.triton_repo import InstanceKind, Variant, set_version_policy, write_model
+from vaecore.latent_space import STANDARD_NORMAL, latent_space_id
 from vaecore.repository import (
     DEFAULT_MODEL_FILE,
     METADATA_SUFFIX,
     MODEL_FILE,
     VERSION,
     NetworkSpec,
+    check_version,
     decoder_spec,
     encoder_spec,
     metadata_files,
+    metadata_path,
     network_dir,
-    read_metadata,
+    read_document,
     record_digests,
+    write_document,
     write_metadata,
 )
 
@@ -64,6 +68,13 @@ def script_modules(model: ConvVAE) -> tuple[torch.jit.ScriptModule, torch.jit.Sc
     return torch.jit.script(TorchScriptEncoder(model).eval()), torch.jit.script(TorchScriptDecoder(model).eval())
 
 
+def encoder_latent_space(encoder: torch.nn.Module, latent_dim: int, prior: str = STANDARD_NORMAL) -> str:
+    """`vaecore.latent_space` of an encoder (the exported TorchScript one, or one loaded back from a repository:
+    the same state, the same names, the same identity)."""
+    state = [(name, tensor.detach().cpu().numpy()) for name, tensor in encoder.state_dict().items()]
+    return latent_space_id(state, latent_dim, prior)
+
+
 def build_metadata(
     name: str,
     model: ConvVAE,
@@ -83,7 +94,7 @@ def build_metadata(
         "value_range": [0.0, 1.0],
         "likelihood": cfg.likelihood,
         "gaussian_log_scale": None if log_scale is None else [float(v) for v in log_scale.detach()],
-        "prior": "standard_normal",
+        "prior": STANDARD_NORMAL,
         "encoder": encoder.to_json(),
         "decoder": decoder.to_json(),
         "dataset": checkpoint.get("dataset"),
@@ -111,8 +122,15 @@ def export_repository(
     max_batch_size: int = 256,
     evaluation: dict[str, Any] | None = None,
     attribute_images: int | None = None,
+    version: str = VERSION,
+    make_default: bool = True,
 ) -> Path:
-    """Write `repo/<name>_encoder`, `repo/<name>_decoder` and `repo/<name>.vae.json`; returns the metadata path."""
+    """Write version `version` of `repo/<name>_encoder` and `repo/<name>_decoder` and add it to
+    `repo/<name>.vae.json`, keeping the model's other versions (the default one when `make_default`); the
+    metadata file is replaced last, so a service polling the repository never sees half a version. Returns the
+    metadata path."""
+    check_version(version)
+    existing = read_document(metadata_path(repo, name))["versions"] if metadata_path(repo, name).is_file() else {}
     cfg = model.config
     image_shape = (cfg.image_channels, cfg.image_size, cfg.image_size)
     enc_spec = encoder_spec(name, image_shape, cfg.latent_dim)
@@ -133,9 +151,10 @@ def export_repository(
         for spec, module in ((enc_spec, encoder_ts), (dec_spec, decoder_ts)):
             path = Path(tmp) / f"{spec.name}.pt"
             module.save(str(path))
-            write_model(repo, spec, path, variant, max_batch_size, instance_kind)
+            write_model(repo, spec, path, variant, max_batch_size, instance_kind, version, existing)
     metadata = build_metadata(name, model, checkpoint, enc_spec, dec_spec, attributes, evaluation)
-    return write_metadata(repo, record_digests(repo, metadata))
+    metadata["latent_space"] = encoder_latent_space(encoder_ts, cfg.latent_dim)
+    return write_metadata(repo, record_digests(repo, metadata, version=version), version, make_default)
 
 
 def derive_python_variant(source: Path, target: Path, max_batch_size: int = 256) -> list[Path]:
@@ -144,16 +163,41 @@ def derive_python_variant(source: Path, target: Path, max_batch_size: int = 256)
     metadata records the copies' SHA-256 digests; a source file that does not match the digest its metadata
     records fails the derivation (`RepositoryError`) before that model's metadata is written."""
     written = []
-    for metadata_path in metadata_files(source):
-        metadata = read_metadata(metadata_path)
-        for part in ("encoder", "decoder"):
-            spec = NetworkSpec.from_json(metadata[part])
-            write_model(
-                target, spec, network_dir(source, spec) / VERSION / MODEL_FILE, "python", max_batch_size, "KIND_CPU"
-            )
-        written.append(write_metadata(target, record_digests(target, metadata)))
+    for path in metadata_files(source):
+        document = read_document(path)
+        versions = dict(document["versions"])
+        for version, body in versions.items():
+            for part in ("encoder", "decoder"):
+                spec = NetworkSpec.from_json(body[part])
+                write_model(target, spec, network_dir(source, spec) / version / MODEL_FILE, "python", max_batch_size,
+                            "KIND_CPU", version, versions)  # fmt: skip
+            versions[version] = record_digests(target, body, version=version)
+        written.append(write_document(target, {**document, "versions": versions}))
     if not written:
         raise FileNotFoundError(f"no *{METADATA_SUFFIX} model metadata in {source}")
     if (source / DEFAULT_MODEL_FILE).is_file():  # the same default in the derived repository
         shutil.copyfile(source / DEFAULT_MODEL_FILE, target / DEFAULT_MODEL_FILE)
+    return written
+
+
+def restamp(repo: Path, path: Path, replace: bool = False) -> Path:
+    """Rewrite one model's metadata in the current format: each version's network digests recorded (`replace`:
+    overwrite digests the files no longer match) and its `latent_space` computed from its encoder's weights where
+    none is recorded; the configs' `version_policy` lists the metadata's versions."""
+    document = read_document(path)
+    versions = {}
+    for version, body in document["versions"].items():
+        body = record_digests(repo, body, replace, version)
+        if not body.get("latent_space"):
+            encoder = NetworkSpec.from_json(body["encoder"])
+            module = torch.jit.load(str(network_dir(repo, encoder) / version / MODEL_FILE), map_location="cpu")
+            body["latent_space"] = encoder_latent_space(module, int(body["latent_dim"]), body.get("prior") or
+                                                        STANDARD_NORMAL)  # fmt: skip
+        versions[version] = body
+    written = write_document(repo, {**document, "versions": versions})
+    first = next(iter(versions.values()))
+    for part in ("encoder", "decoder"):
+        model_dir = network_dir(repo, NetworkSpec.from_json(first[part]))
+        if (model_dir / "config.pbtxt").is_file():
+            set_version_policy(model_dir, versions)
     return written

@@ -156,7 +156,8 @@ def load_exported(metadata_file: Path) -> tuple[ConvVAE, dict[str, Any]]:
     state: dict[str, torch.Tensor] = {}
     for part in ("encoder", "decoder"):
         network = NetworkSpec.from_json(metadata[part])
-        state.update(torch.jit.load(str(network_file(metadata_file.parent, network)), map_location="cpu").state_dict())
+        path = network_file(metadata_file.parent, network, metadata["version"])
+        state.update(torch.jit.load(str(path), map_location="cpu").state_dict())
     # The decoder's Gaussian scale is in the metadata (clamped as served); a Bernoulli model never uses it.
     scale = metadata.get("gaussian_log_scale")
     state["log_scale"] = torch.tensor(scale) if scale is not None else model.log_scale.detach().clone()

@@ -8,10 +8,11 @@ which backend serves it.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from vaecore.repository import MODEL_FILE, VERSION, NetworkSpec, TensorSpec, network_dir
+from vaecore.repository import MODEL_FILE, VERSION, NetworkSpec, TensorSpec, network_dir, version_order
 
 Variant = Literal["libtorch", "python"]
 InstanceKind = Literal["KIND_GPU", "KIND_CPU"]
@@ -109,6 +110,22 @@ class TritonPythonModel:
 '''
 
 
+VERSION_POLICY = "version_policy:"
+
+
+def version_policy(versions: Iterable[str]) -> str:
+    """The config line that makes Triton serve exactly these versions: the ones the metadata lists."""
+    listed = ", ".join(sorted(set(versions), key=version_order))
+    return f"{VERSION_POLICY} {{ specific: {{ versions: [ {listed} ] }} }}\n"
+
+
+def set_version_policy(model_dir: Path, versions: Iterable[str]) -> None:
+    """Rewrite the `version_policy` line of `model_dir/config.pbtxt` (whatever its backend), keeping the rest."""
+    path = model_dir / "config.pbtxt"
+    lines = [line for line in path.read_text().splitlines(keepends=True) if not line.startswith(VERSION_POLICY)]
+    path.write_text("".join(lines) + version_policy(versions))
+
+
 def write_model(
     repo: Path,
     spec: NetworkSpec,
@@ -116,10 +133,13 @@ def write_model(
     variant: Variant,
     max_batch_size: int,
     instance_kind: InstanceKind,
+    version: str = VERSION,
+    versions: Iterable[str] = (VERSION,),
 ) -> Path:
-    """Lay out `repo/<name>/config.pbtxt` and `repo/<name>/1/model.pt` (+ `model.py` for the Python backend)."""
+    """Lay out `repo/<name>/config.pbtxt` (serving `versions`) and `repo/<name>/<version>/model.pt` (+ `model.py`
+    for the Python backend)."""
     model_dir = network_dir(repo, spec)
-    version_dir = model_dir / VERSION
+    version_dir = model_dir / version
     version_dir.mkdir(parents=True, exist_ok=True)
     if torchscript_file.resolve() != (version_dir / MODEL_FILE).resolve():
         shutil.copyfile(torchscript_file, version_dir / MODEL_FILE)
@@ -127,5 +147,5 @@ def write_model(
     if variant == "python":
         config += 'parameters: { key: "TORCH_THREADS" value: { string_value: "1" } }\n'
         (version_dir / "model.py").write_text(PYTHON_BACKEND_MODEL)
-    (model_dir / "config.pbtxt").write_text(config)
+    (model_dir / "config.pbtxt").write_text(config + version_policy([*versions, version]))
     return model_dir

@@ -10,7 +10,6 @@ are never converted: a tensor must have exactly the model's [N, C, H, W]."""
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.colour import colour_images
 from tests.datasets import stroke_images
 from tests.service.harness import ServerThread, serving
 from vaecore.images import tile
+from vaecore.repository import read_metadata
 from vaecore.rng import generator
 
 V = vae_pb2
@@ -56,7 +56,7 @@ def networks(mixed_repository: Path) -> dict[str, torch.jit.ScriptModule]:
 
 @pytest.fixture(scope="module")
 def metadata(mixed_repository: Path) -> dict:
-    return json.loads((mixed_repository / f"{RGB}.vae.json").read_text())
+    return read_metadata(mixed_repository / f"{RGB}.vae.json")
 
 
 def attribute_name(metadata: dict) -> str:

@@ -22,6 +22,7 @@ from service.proto_gen.vae.v1 import vae_pb2
 from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.datasets import stroke_images
 from tests.service.harness import ServerThread, serving
+from vaecore.repository import read_metadata
 
 V = vae_pb2
 
@@ -222,12 +223,11 @@ def test_interpolate_between_images_includes_both_endpoints(stub: VaeServiceStub
 
 
 def test_arithmetic_analogy_and_attribute(stub: VaeServiceStub, networks: dict, model_repository: Path) -> None:
-    import json
 
     a, b, c = (np.full(4, v, np.float32) for v in (1.0, 0.5, -2.0))
     x = images(1, seed=8)
     thickness = np.asarray(
-        json.loads((model_repository / "tiny.vae.json").read_text())["attributes"]["thickness"]["vector"], np.float32
+        read_metadata(model_repository / "tiny.vae.json")["attributes"]["thickness"]["vector"], np.float32
     )
     terms = [V.Term(weight=1, value=V.Endpoint(latent=array_to_tensor(a))),
              V.Term(weight=-1, value=V.Endpoint(latent=array_to_tensor(b))),
