@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,9 +29,10 @@ from service import requests as rq
 from service.config import Settings
 from service.errors import InvalidArgument, ServiceError, status_for
 from service.metrics import ServiceMetrics
+from service.model_info import model_info
 from service.operations import Scores, VaeOperations, in_thread_if
 from service.proto_gen.vae.v1 import vae_pb2
-from vaecore.repository import ModelSpec, default_model
+from vaecore.repository import ModelSpec
 
 log = logging.getLogger(__name__)
 SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VaeService"]
@@ -69,103 +70,124 @@ async def _images_reply(reply: R, images: np.ndarray, output: rq.Output, latents
 
 
 class VaeServicer:
-    """One method per RPC, each three steps: parse (validate everything), operate, shape the reply."""
+    """One method per RPC, each four steps: route to a version (a lease held until the reply is done), parse
+    (validate everything) for that version, operate, shape the reply."""
 
     def __init__(self, operations: VaeOperations, settings: Settings, metrics: ServiceMetrics) -> None:
         self.ops = operations
+        self.registry = operations.registry
         self.settings = settings
         self.metrics = metrics
-        self.default_model = default_model(settings.model_repository, operations.models, settings.default_model)
-        self.parse = rq.RequestParser(settings, operations.model, self.default_model)
+        self.parse = rq.RequestParser(settings)
         self._items = {m.name: metrics.items.labels(m.name) for m in SERVICE.methods}  # bound once
 
-    async def _parse(self, parse: Callable[[Any], T], request: Message) -> T:
-        return await in_thread_if(_heavy(request), parse, request)
+    async def _parse(self, parse: Callable[[Any, ModelSpec], T], request: Message, model: ModelSpec) -> T:
+        return await in_thread_if(_heavy(request), parse, request, model)
 
-    def _info(self, model: ModelSpec) -> vae_pb2.ModelInfo:
-        return vae_pb2.ModelInfo(
-            name=model.name,
-            latent_dim=model.latent_dim,
-            image_shape=list(model.image_shape),
-            likelihood=model.likelihood,
-            attribute_names=sorted(model.attributes),
-            label_names=list(model.label_names),
-            dataset=model.dataset,
-            test_nll=model.test_nll,
-            test_nll_samples=model.test_nll_samples,
-            backend=self.settings.backend,
-        )
+    @contextlib.contextmanager
+    def _lease(self, request: Any, method: str) -> Iterator[ModelSpec]:
+        """The version this request runs on (service/registry/routing.py), its stamps checked, counted per version."""
+        stamps = rq.latent_stamps(request)
+        with self.registry.lease(request.model, request.model_version, stamps.spaces) as model:
+            if stamps.unstamped:
+                self.metrics.unstamped_latents.labels(model.name, method).inc(stamps.unstamped)
+            self.metrics.version_requests.labels(model.name, model.version, method).inc()
+            yield model
+
+    def _info(self, name: str, version: str = "") -> vae_pb2.ModelInfo:
+        entry = self.registry.entry(name)
+        if version:
+            with self.registry.lease(entry.name, version) as spec:
+                return model_info(entry, spec, self.settings.backend)
+        return model_info(entry, self.registry.default_spec(entry), self.settings.backend)
 
     # --- RPCs ----------------------------------------------------------------------------------------
 
     async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
-        models = [self._info(m) for _, m in sorted(self.ops.models.items())]
-        return vae_pb2.ListModelsResponse(models=models, default_model=self.default_model)
+        models = [self._info(name) for name in sorted(self.registry.entries)]
+        return vae_pb2.ListModelsResponse(models=models, default_model=self.registry.default_model)
 
     async def GetModelInfo(self, request, context):  # type: ignore[no-untyped-def]
-        return vae_pb2.GetModelInfoResponse(info=self._info(self.parse.model(request.model)))
+        return vae_pb2.GetModelInfoResponse(info=self._info(request.model, request.model_version))
 
     async def Encode(self, request, context):  # type: ignore[no-untyped-def]
-        req = await self._parse(self.parse.encode, request)
-        mu, logvar, samples = await self.ops.encode(req, _deadline(context))
-        self._items["Encode"].inc(len(mu))
-        big = (mu.size + (0 if samples is None else samples.size)) * 4 > OFFLOAD_BYTES
-        return await in_thread_if(big, _encode_reply, mu, logvar, samples, req)
+        with self._lease(request, "Encode") as model:
+            req = await self._parse(self.parse.encode, request, model)
+            mu, logvar, samples = await self.ops.encode(req, _deadline(context))
+            self._items["Encode"].inc(len(mu))
+            big = (mu.size + (0 if samples is None else samples.size)) * 4 > OFFLOAD_BYTES
+            return await in_thread_if(big, _encode_reply, mu, logvar, samples, req)
 
     async def Decode(self, request, context):  # type: ignore[no-untyped-def]
-        req = await self._parse(self.parse.decode, request)
-        images = await self.ops.decode(req, _deadline(context))
-        self._items["Decode"].inc(len(images))
-        return await _images_reply(vae_pb2.DecodeResponse(seed=req.seed, model=req.model.name), images, req.output)
+        with self._lease(request, "Decode") as model:
+            req = await self._parse(self.parse.decode, request, model)
+            images = await self.ops.decode(req, _deadline(context))
+            self._items["Decode"].inc(len(images))
+            return await _images_reply(
+                vae_pb2.DecodeResponse(seed=req.seed, **_answered(req.model)), images, req.output
+            )
 
     async def Reconstruct(self, request, context):  # type: ignore[no-untyped-def]
-        req = await self._parse(self.parse.reconstruct, request)
-        images, latents = await self.ops.reconstruct(req, _deadline(context))
-        self._items["Reconstruct"].inc(len(images))
-        reply = vae_pb2.ReconstructResponse(seed=req.seed, model=req.model.name)
-        return await _images_reply(reply, images, req.output, latents)
+        with self._lease(request, "Reconstruct") as model:
+            req = await self._parse(self.parse.reconstruct, request, model)
+            images, latents = await self.ops.reconstruct(req, _deadline(context))
+            self._items["Reconstruct"].inc(len(images))
+            reply = vae_pb2.ReconstructResponse(seed=req.seed, **_answered(req.model, stamped=True))
+            return await _images_reply(reply, images, req.output, latents)
 
     async def Sample(self, request, context):  # type: ignore[no-untyped-def]
-        req = await self._parse(self.parse.sample, request)
-        images, latents = await self.ops.sample(req, _deadline(context))
-        self._items["Sample"].inc(len(images))
-        reply = vae_pb2.SampleResponse(seed=req.seed, model=req.model.name)
-        return await _images_reply(reply, images, req.output, latents)
+        with self._lease(request, "Sample") as model:
+            req = await self._parse(self.parse.sample, request, model)
+            images, latents = await self.ops.sample(req, _deadline(context))
+            self._items["Sample"].inc(len(images))
+            reply = vae_pb2.SampleResponse(seed=req.seed, **_answered(req.model, stamped=True))
+            return await _images_reply(reply, images, req.output, latents)
 
     async def SampleStream(self, request, context):  # type: ignore[no-untyped-def]
-        """Chunks decode one after another, so a client reading slowly holds back generation (flow control)."""
-        req = await self._parse(self.parse.sample_stream, request)
-        async for offset, images, latents in self.ops.sample_chunks(req, _deadline(context)):
-            self._items["SampleStream"].inc(len(images))
-            reply = vae_pb2.SampleStreamResponse(offset=offset, seed=req.seed, model=req.model.name)
-            yield await _images_reply(reply, images, req.output, latents)
+        """Chunks decode one after another, so a client reading slowly holds back generation (flow control). The
+        whole stream runs on the version it was routed to."""
+        with self._lease(request, "SampleStream") as model:
+            req = await self._parse(self.parse.sample_stream, request, model)
+            async for offset, images, latents in self.ops.sample_chunks(req, _deadline(context)):
+                self._items["SampleStream"].inc(len(images))
+                reply = vae_pb2.SampleStreamResponse(offset=offset, seed=req.seed, **_answered(req.model, stamped=True))
+                yield await _images_reply(reply, images, req.output, latents)
 
     async def Interpolate(self, request, context):  # type: ignore[no-untyped-def]
-        req = await self._parse(self.parse.interpolate, request)
-        images, latents = await self.ops.interpolate(req, _deadline(context))
-        self._items["Interpolate"].inc(len(images))
-        reply = vae_pb2.InterpolateResponse(seed=req.seed, model=req.model.name)
-        return await _images_reply(reply, images, req.output, latents)
+        with self._lease(request, "Interpolate") as model:
+            req = await self._parse(self.parse.interpolate, request, model)
+            images, latents = await self.ops.interpolate(req, _deadline(context))
+            self._items["Interpolate"].inc(len(images))
+            reply = vae_pb2.InterpolateResponse(seed=req.seed, **_answered(req.model, stamped=True))
+            return await _images_reply(reply, images, req.output, latents)
 
     async def Arithmetic(self, request, context):  # type: ignore[no-untyped-def]
-        req = await self._parse(self.parse.arithmetic, request)
-        images, latent = await self.ops.arithmetic(req, _deadline(context))
-        self._items["Arithmetic"].inc(1)
-        reply = vae_pb2.ArithmeticResponse(seed=req.seed, model=req.model.name)
-        codecs.fill_tensor(reply.latent, latent)
-        return await _images_reply(reply, images, req.output)
+        with self._lease(request, "Arithmetic") as model:
+            req = await self._parse(self.parse.arithmetic, request, model)
+            images, latent = await self.ops.arithmetic(req, _deadline(context))
+            self._items["Arithmetic"].inc(1)
+            reply = vae_pb2.ArithmeticResponse(seed=req.seed, **_answered(req.model, stamped=True))
+            codecs.fill_tensor(reply.latent, latent)
+            return await _images_reply(reply, images, req.output)
 
     async def Score(self, request, context):  # type: ignore[no-untyped-def]
-        req = await self._parse(self.parse.score, request)
-        scores = await self.ops.score(req, _deadline(context))
-        self._items["Score"].inc(len(scores.elbo))
-        return _score_reply(scores, req)
+        with self._lease(request, "Score") as model:
+            req = await self._parse(self.parse.score, request, model)
+            scores = await self.ops.score(req, _deadline(context))
+            self._items["Score"].inc(len(scores.elbo))
+            return _score_reply(scores, req)
+
+
+def _answered(model: ModelSpec, stamped: bool = False) -> dict[str, Any]:
+    """The reply fields naming what answered: model, version and, for replies carrying latents, their space."""
+    fields = {"model": model.name, "model_version": model.version}
+    return {**fields, "latent_space": model.latent_space} if stamped else fields
 
 
 def _encode_reply(
     mu: np.ndarray, logvar: np.ndarray, samples: np.ndarray | None, req: rq.Encode
 ) -> vae_pb2.EncodeResponse:
-    reply = vae_pb2.EncodeResponse(seed=req.seed, model=req.model.name)
+    reply = vae_pb2.EncodeResponse(seed=req.seed, **_answered(req.model, stamped=True))
     codecs.fill_tensor(reply.mean, mu)
     codecs.fill_tensor(reply.log_variance, logvar)
     if samples is not None:
@@ -179,7 +201,7 @@ def _score_reply(scores: Scores, req: rq.Score) -> vae_pb2.ScoreResponse:
         scores=[vae_pb2.ImageScore(elbo=e, reconstruction=r, kl=kl, log_likelihood=ll) for e, r, kl, ll in rows],
         importance_samples=req.samples,
         seed=req.seed,
-        model=req.model.name,
+        **_answered(req.model),
     )
 
 

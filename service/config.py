@@ -24,7 +24,8 @@ class Settings:
     # Model lifecycle (docs/operations.md "Updating models"): the repository is re-read on SIGHUP, every
     # repository_poll_s seconds when > 0, and on the admin service's Reload.
     repository_poll_s: float = 0.0  # poll the repository for new, changed or removed versions (0: off)
-    unload_grace_s: float = 30.0  # a retired version is unloaded once its in-flight requests end, at the latest after this
+    unload_grace_s: float = 30.0  # a retired version is unloaded once its requests end, at the latest after this
+    load_timeout_s: float = 300.0  # a version not loaded and warmed up by then fails its load
     backend: str = "local"  # local (in-process TorchScript) or triton
     triton_url: str = "localhost:8001"  # Triton gRPC address, for --backend triton
     triton_timeout_s: float = 30.0  # per Triton call
@@ -62,7 +63,7 @@ class Settings:
     tls_key_file: str = ""  # PEM private key of that certificate
     tls_client_ca_file: str = ""  # PEM CA bundle: mutual TLS, every client must present a certificate it signed
     auth_token_file: str = ""  # bearer tokens, one per line: `authorization: Bearer <token>` required (not for health)
-    # the admin service (vae.v1.ModelAdmin: load, unload, default version, traffic split): off unless this is set;
+    # the admin service (vae.v1.ModelAdminService: load, unload, default version, traffic split): off unless set;
     # its tokens, one per line, are a credential of their own (callers' tokens are refused there, and these on the API)
     admin_token_file: str = ""
     triton_tls_ca_file: str = ""  # PEM CA bundle: reach Triton over TLS, verifying its certificate against it

@@ -39,8 +39,13 @@ class IntegrityError(RepositoryError):
 
 
 def health_name(model: str) -> str:
-    """The per-model name in the standard health service: SERVING when the model serves, else NOT_SERVING."""
+    """The per-model name in the standard health service: SERVING while any version of the model serves."""
     return f"{SERVICE_NAME}/{model}"
+
+
+def version_health_name(model: str, version: str) -> str:
+    """The per-version name: SERVING while that version is READY."""
+    return f"{SERVICE_NAME}/{model}:{version}"
 
 
 @dataclass(frozen=True)

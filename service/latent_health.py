@@ -82,8 +82,14 @@ class LatentHealth(Collector):
     """Observes encoder outputs and Score results; a Prometheus collector over what it saw."""
 
     def __init__(self, models: dict[str, ModelSpec], window: int = WINDOW) -> None:
+        self._window = window
         self._state = {name: _ModelState(m.latent_dim, window) for name, m in models.items()}
         self._lock = threading.Lock()  # scrapes come from the metrics server's thread
+
+    def add(self, model: ModelSpec) -> None:
+        """A model first served after start-up (its versions share one state: the same inputs, the same name)."""
+        with self._lock:
+            self._state.setdefault(model.name, _ModelState(model.latent_dim, self._window))
 
     def posterior(self, model: str, mu: np.ndarray, logvar: np.ndarray) -> None:
         kl = posterior_kl(mu, logvar)

@@ -1,15 +1,15 @@
 """What the service does, without gRPC: domain requests (already validated by service/requests.py) in, numpy out.
 
-Every backend call goes through a per-model, per-network `DynamicBatcher`; requests larger than the batch
-size are split into chunks that run concurrently and are joined in order. All randomness comes from one
-generator seeded by the request, so results do not depend on batch-mates. Numpy work big enough to stall the
-event loop runs in a worker thread (`offload`).
+Every backend call goes through the `DynamicBatcher` of its model version and network (service/registry); requests
+larger than the batch size are split into chunks that run concurrently and are joined in order. All randomness
+comes from one generator seeded by the request, so results do not depend on batch-mates. Numpy work big enough to
+stall the event loop runs in a worker thread (`offload`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -17,9 +17,10 @@ import numpy as np
 
 from service import requests as rq
 from service.backends.base import Backend
-from service.batching import BatchObserver, DynamicBatcher
-from service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from service.batching import BatchFunction
+from service.errors import InvalidArgument, ServiceError
 from service.latent import interpolate, prior_latents, weighted_sum
+from service.registry import ModelRegistry
 from vaecore import objective
 from vaecore.repository import ModelSpec
 from vaecore.rng import generator
@@ -51,68 +52,43 @@ class LatentObserver(Protocol):
     def log_likelihood(self, model: str, values: np.ndarray) -> None: ...
 
 
-class VaeOperations:
-    def __init__(
-        self,
-        models: dict[str, ModelSpec],
-        backend: Backend,
-        limits: BatchingLimits,
-        observer: Callable[[str, str], BatchObserver] | None = None,
-        latent_observer: LatentObserver | None = None,
-        refused: Mapping[str, str] | None = None,
-    ) -> None:
-        self.models = models
-        self.backend = backend
-        self.limits = limits
-        self.score_chunk_rows = max(limits.score_chunk_rows, limits.max_batch_size)
-        self._observer = observer or (lambda model, network: BatchObserver())
-        self._latent = latent_observer
-        self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
-        self.refused = dict(refused or {})  # model -> why it is not served (service/integrity.py)
+def batch_functions(backend: Backend, latent: LatentObserver | None) -> Callable[[ModelSpec], dict[str, BatchFunction]]:
+    """What each version's batchers run (service/registry/loading.py): its backend calls, and latent health's
+    view of every encoded row, once per batch (cheaper under load than per request)."""
 
-    async def start(self) -> None:
-        """Start the backend, then one batcher per model and network (inside the running loop)."""
-        await self.backend.start()
-        for name, model in self.models.items():
-            calls = {"encoder": self._encode_call(model), "decoder": self._decode_call(model)}
-            for network, call in calls.items():
-                batcher = DynamicBatcher(call, self.limits.max_batch_size, self.limits.max_wait_s,
-                                         self.limits.max_queue, self._observer(name, network))  # fmt: skip
-                batcher.start()
-                self._batchers[(name, network)] = batcher
-
-    def _encode_call(self, model: ModelSpec):  # type: ignore[no-untyped-def]
-        async def call(rows: np.ndarray) -> tuple[np.ndarray, ...]:
-            mu, logvar = await self.backend.encode(model, rows)
-            if self._latent is not None:  # every encoded row, once: per batch, not per request (cheaper under load)
-                self._latent.posterior(model.name, mu, logvar)
+    def calls(model: ModelSpec) -> dict[str, BatchFunction]:
+        async def encode(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+            mu, logvar = await backend.encode(model, rows)
+            if latent is not None:
+                latent.posterior(model.name, mu, logvar)
             return mu, logvar
 
-        return call
+        async def decode(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+            return await backend.decode(model, rows)
 
-    def _decode_call(self, model: ModelSpec):  # type: ignore[no-untyped-def]
-        async def call(rows: np.ndarray) -> tuple[np.ndarray, ...]:
-            return await self.backend.decode(model, rows)
+        return {"encoder": encode, "decoder": decode}
 
-        return call
+    return calls
+
+
+class VaeOperations:
+    """The operations on domain requests; the versions they run on, and their batchers, are the registry's."""
+
+    def __init__(self, registry: ModelRegistry, limits: BatchingLimits, latent_observer: LatentObserver | None = None):
+        self.registry = registry
+        self.backend = registry.backend
+        self.limits = limits
+        self.score_chunk_rows = max(limits.score_chunk_rows, limits.max_batch_size)
+        self._latent = latent_observer
 
     async def close(self) -> None:
-        await asyncio.gather(*(b.close() for b in self._batchers.values()))
-        self._batchers.clear()
+        await self.registry.close()
         await self.backend.close()
-
-    def model(self, name: str) -> ModelSpec:
-        model = self.models.get(name)
-        if model is None and name in self.refused:
-            raise FailedPrecondition(self.refused[name])
-        if model is None:
-            raise NotFound(f"model {name[:64]!r} is not served; available: {', '.join(sorted(self.models))}")
-        return model
 
     # --- batched network calls -----------------------------------------------------------------------
 
     async def _batched(self, model: ModelSpec, network: str, rows: np.ndarray, deadline: float | None):  # type: ignore[no-untyped-def]
-        batcher = self._batchers[(model.name, network)]
+        batcher = self.registry.batcher(model, network)
         size = self.limits.max_batch_size
         if len(rows) <= size:  # the common case: one chunk
             return await batcher.submit(rows, deadline)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,23 +117,57 @@ def _in_range(value: float, field: str, low: float, high: float) -> None:
         raise InvalidArgument(field, f"must be between {low:g} and {high:g}, got {value:g}")
 
 
-class RequestParser:
-    """Turns request messages into domain requests. `lookup` resolves a model name (NotFound, or a refusal for a
-    model that cannot be served); the empty name means the default model."""
+@dataclass(frozen=True)
+class Stamps:
+    """The latent spaces a request's latents say they come from, and how many latent values came unstamped."""
 
-    def __init__(self, settings: Settings, lookup: Callable[[str], ModelSpec], default_model: str) -> None:
+    spaces: frozenset[str]
+    unstamped: int
+
+
+def latent_stamps(request: Any) -> Stamps:
+    """Read before routing (service/registry/routing.py): a stamp picks, or refuses, the version. Latents of two
+    different spaces in one request cannot all be right for any version: INVALID_ARGUMENT, naming the fields."""
+    stamped: dict[str, str] = {}  # field -> stamp
+    unstamped = 0
+    if isinstance(request, vae_pb2.DecodeRequest):
+        if request.latent_space:
+            stamped["latent_space"] = request.latent_space
+        else:
+            unstamped += 1
+    for field, endpoint in _endpoints(request):
+        if endpoint.WhichOneof("value") != "latent":
+            continue
+        if endpoint.latent_space:
+            stamped[f"{field}.latent_space"] = endpoint.latent_space
+        else:
+            unstamped += 1
+    spaces = frozenset(stamped.values())
+    if len(spaces) > 1:
+        fields = ", ".join(f"{f}={v[:40]!r}" for f, v in stamped.items())
+        raise InvalidArgument(next(iter(stamped)), f"latents from different latent spaces in one request ({fields})")
+    return Stamps(spaces, unstamped)
+
+
+def _endpoints(request: Any) -> list[tuple[str, vae_pb2.Endpoint]]:
+    if isinstance(request, vae_pb2.InterpolateRequest):
+        return [("start", request.start), ("end", request.end)]
+    if isinstance(request, vae_pb2.ArithmeticRequest):
+        return [(f"terms[{i}].value", term.value) for i, term in enumerate(request.terms)]
+    return []
+
+
+class RequestParser:
+    """Turns request messages into domain requests for the model version the registry routed them to."""
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._lookup = lookup
-        self.default_model = default_model
         self.reply_mb, self.reply_flag = min(
             (settings.max_reply_mb, "--max-reply-mb"), (settings.max_message_mb, "--max-message-mb")
         )
         self.reply_limit = self.reply_mb * 1024 * 1024 - REPLY_HEADROOM_BYTES
 
     # --- pieces ------------------------------------------------------------------------------------
-
-    def model(self, name: str) -> ModelSpec:
-        return self._lookup(name or self.default_model)
 
     def _images(self, images: vae_pb2.Images, model: ModelSpec, field: str = "images") -> np.ndarray:
         return codecs.images_from_proto(images, model.image_shape, self.settings.max_items, field)
@@ -203,8 +236,7 @@ class RequestParser:
 
     # --- the RPCs ----------------------------------------------------------------------------------
 
-    def encode(self, request: vae_pb2.EncodeRequest) -> Encode:
-        model = self.model(request.model)
+    def encode(self, request: vae_pb2.EncodeRequest, model: ModelSpec) -> Encode:
         images = self._images(request.images, model)
         k = request.samples_per_image
         limit = self.settings.max_posterior_samples
@@ -214,30 +246,26 @@ class RequestParser:
         self._fits(4 * floats, "samples_per_image", f"{len(images)} x (2 + {k}) latents of size {model.latent_dim}")
         return Encode(model, images, k, _seed(request))
 
-    def decode(self, request: vae_pb2.DecodeRequest) -> Decode:
-        model = self.model(request.model)
+    def decode(self, request: vae_pb2.DecodeRequest, model: ModelSpec) -> Decode:
         latents = self._latents(request.latents, model, "latents", self.settings.max_items)
         output = self._output(request.output)
         self._fits(len(latents) * self.image_bytes(model, output), "latents", f"{len(latents)} images")
         return Decode(model, latents, output, _seed(request))
 
-    def reconstruct(self, request: vae_pb2.ReconstructRequest) -> Reconstruct:
-        model = self.model(request.model)
+    def reconstruct(self, request: vae_pb2.ReconstructRequest, model: ModelSpec) -> Reconstruct:
         images = self._images(request.images, model)
         output = self._output(request.output)
         self._fits_images(model, len(images), output, "images")
         return Reconstruct(model, images, request.sample_latent, output, _seed(request))
 
-    def sample(self, request: vae_pb2.SampleRequest) -> Sample:
-        model = self.model(request.model)
+    def sample(self, request: vae_pb2.SampleRequest, model: ModelSpec) -> Sample:
         self._count(request.n, "n", self.settings.max_items)
         temperature = self._temperature(request)
         output = self._output(request.output)
         self._fits_images(model, request.n, output, "n")
         return Sample(model, request.n, temperature, output, _seed(request), request.n)
 
-    def sample_stream(self, request: vae_pb2.SampleStreamRequest) -> Sample:
-        model = self.model(request.model)
+    def sample_stream(self, request: vae_pb2.SampleStreamRequest, model: ModelSpec) -> Sample:
         self._count(request.n, "n", self.settings.max_stream_items)
         chunk = request.chunk_size or min(self.settings.stream_chunk, request.n)
         self._count(chunk, "chunk_size", self.settings.max_items)
@@ -246,8 +274,7 @@ class RequestParser:
         self._fits_images(model, chunk, output, "chunk_size")
         return Sample(model, request.n, temperature, output, _seed(request), chunk)
 
-    def interpolate(self, request: vae_pb2.InterpolateRequest) -> Interpolate:
-        model = self.model(request.model)
+    def interpolate(self, request: vae_pb2.InterpolateRequest, model: ModelSpec) -> Interpolate:
         limit = self.settings.max_interpolation_steps
         if not 2 <= request.steps <= limit:
             raise InvalidArgument("steps", f"must be between 2 and {limit} (endpoints included), got {request.steps}")
@@ -261,8 +288,7 @@ class RequestParser:
         spherical = request.method != vae_pb2.INTERPOLATION_METHOD_LINEAR
         return Interpolate(model, ends, request.steps, spherical, output, _seed(request))
 
-    def arithmetic(self, request: vae_pb2.ArithmeticRequest) -> Arithmetic:
-        model = self.model(request.model)
+    def arithmetic(self, request: vae_pb2.ArithmeticRequest, model: ModelSpec) -> Arithmetic:
         limit = self.settings.max_terms
         if not 1 <= len(request.terms) <= limit:
             raise InvalidArgument("terms", f"must hold between 1 and {limit} terms, got {len(request.terms)}")
@@ -274,8 +300,7 @@ class RequestParser:
         return Arithmetic(model, tuple(float(t.weight) for t in request.terms), terms, self._output(request.output),
                           _seed(request))  # fmt: skip
 
-    def score(self, request: vae_pb2.ScoreRequest) -> Score:
-        model = self.model(request.model)
+    def score(self, request: vae_pb2.ScoreRequest, model: ModelSpec) -> Score:
         images = self._images(request.images, model)
         k = request.importance_samples or self.settings.default_score_samples
         limit = self.settings.max_score_samples

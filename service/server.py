@@ -1,5 +1,6 @@
-"""Assembles and runs the server: settings -> repository -> backend -> operations -> servicer, plus the standard
-health service, reflection, the Prometheus endpoint and graceful shutdown on SIGTERM/SIGINT.
+"""Assembles and runs the server: settings -> repository -> backend -> model registry -> operations -> servicer,
+plus the standard health service, reflection, the Prometheus endpoint, the admin service (when an admin credential
+is configured), live reloads (SIGHUP, the repository poll) and graceful shutdown on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -18,16 +19,28 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from service.admin import ADMIN_SERVICE_NAME, AdminServicer
 from service.api import VaeServicer, rpc_handler
 from service.backends.base import Backend
 from service.config import Settings
-from service.integrity import Verdict, health_name, servable
+from service.integrity import Verdict, health_name, servable, version_health_name
 from service.loop_monitor import LoopMonitor
-from service.metrics import METHODS, InstrumentedBackend, ServiceMetrics
-from service.operations import BatchingLimits, VaeOperations
-from service.proto_gen.vae.v1 import vae_pb2
-from service.security import auth_interceptor, describe, server_credentials
-from vaecore.repository import ModelSpec, RepositoryError, configured_default, default_model, load_repository
+from service.metrics import METHODS, InstrumentedBackend, LifecycleMetrics, ServiceMetrics
+from service.operations import BatchingLimits, VaeOperations, batch_functions
+from service.proto_gen.vae.v1 import admin_pb2_grpc, vae_pb2
+from service.registry import ModelRegistry, State
+from service.registry.control import ControlStore
+from service.registry.loading import LoadLimits
+from service.registry.triggers import Reloads
+from service.security import ServerSecurity
+from vaecore.repository import (
+    ModelSpec,
+    RepositoryError,
+    configured_default,
+    default_model,
+    load_repository,
+    load_versions,
+)
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
@@ -79,6 +92,15 @@ def _refused_counter(metrics: ServiceMetrics) -> Callable[[str, str], None]:
     return count
 
 
+def _reload_counter(metrics: ServiceMetrics) -> Callable[[str, str], None]:
+    """Counts each re-read of TLS or token files on SIGHUP, by kind and result (a failed one keeps the old)."""
+
+    def count(kind: str, result: str) -> None:
+        metrics.credential_reloads.labels(kind, result).inc()
+
+    return count
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -90,10 +112,20 @@ class RunningServer:
     _metrics_http: WSGIServer | None
     _health_task: asyncio.Task[None]
     _loop_monitor: LoopMonitor
+    reloads: Reloads
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self.operations.registry
+
+    async def reload(self, trigger: str = "sighup") -> list[str]:
+        """Re-read the repository (and, on SIGHUP, the TLS and token files): service/registry/triggers.py."""
+        return await self.reloads.run(trigger)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting RPCs, let in-flight ones finish within the grace period, then release everything."""
         await self.health.enter_graceful_shutdown()
+        await self.reloads.stop()
         await self.server.stop(grace_s)
         self._health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -105,28 +137,44 @@ class RunningServer:
             self._metrics_http.server_close()
 
 
-async def _track_health(
-    backend: Backend, servicer: health.aio.HealthServicer, names: tuple[str, ...] = (SERVICE_NAME,)
-) -> None:
-    """Readiness: `vae.v1.VaeService` is NOT_SERVING until the backend is ready and whenever it is down (polled
-    every HEALTH_POLL_S). Liveness, the empty name, is not tied to the backend: a Triton outage must take the
-    replicas out of rotation, not make an orchestrator restart every one of them. `names` also holds each served
-    model's own name (`vae.v1.VaeService/<model>`); a model refused at start-up stays NOT_SERVING."""
-    last = None
+def health_statuses(backend: Backend, registry: ModelRegistry) -> dict[str, bool]:
+    """Readiness by health name (README "Health"): `vae.v1.VaeService` while the backend is ready and any version
+    of the default model serves ("updating" is not "down"); `vae.v1.VaeService/<model>` while any version of it
+    serves; `vae.v1.VaeService/<model>:<version>` while that version serves (LOADING, FAILED, DRAINING and
+    UNLOADED versions are NOT_SERVING); a model refused at start-up stays NOT_SERVING."""
+    up = backend.ready()
+    statuses = {SERVICE_NAME: up and registry.serving(registry.default_model)}
+    statuses.update({health_name(name): False for name in registry.refused})
+    for name, entry in registry.entries.items():
+        statuses[health_name(name)] = up and bool(entry.ready())
+        for version in entry.versions.values():
+            statuses[version_health_name(name, version.version)] = up and version.state is State.READY
+    return statuses
+
+
+async def _track_health(backend: Backend, servicer: health.aio.HealthServicer, registry: ModelRegistry) -> None:
+    """Polled every HEALTH_POLL_S; only changes are set. Liveness, the empty name, is not tied to the backend: a
+    Triton outage must take the replicas out of rotation, not make an orchestrator restart every one of them. A
+    name that disappears (a version unloaded) is set NOT_SERVING."""
+    last: dict[str, bool] = {}
     while True:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if backend.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        if status != last:
-            for name in names:
+        statuses = health_statuses(backend, registry)
+        statuses.update({name: False for name in last if name not in statuses})
+        for name, serving in statuses.items():
+            if last.get(name) != serving:
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 await servicer.set(name, status)
-            log.info("readiness: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
-            last = status
+                if name == SERVICE_NAME:
+                    log.info("readiness: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+        last = statuses
         await asyncio.sleep(HEALTH_POLL_S)
 
 
 async def _servable_models(settings: Settings) -> Verdict:
-    """The repository's models, each network file checked against its recorded SHA-256 before any is loaded."""
+    """The repository's models (their default versions), each network file checked against its recorded SHA-256
+    before any is loaded; their other versions are checked as they load (service/registry/loading.py)."""
     models = load_repository(settings.model_repository)
     try:  # a configured default must exist and pass its check; otherwise the first served model is the default
         default_model(settings.model_repository, models, settings.default_model)
@@ -137,17 +185,26 @@ async def _servable_models(settings: Settings) -> Verdict:
 
 
 async def _grpc_server(
-    settings: Settings, servicer: VaeServicer, auth: grpc.aio.ServerInterceptor | None, verdict: Verdict
+    settings: Settings,
+    servicer: VaeServicer,
+    security: ServerSecurity,
+    verdict: Verdict,
+    admin: AdminServicer | None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """The VAE service, health (all names NOT_SERVING until proven otherwise) and reflection, on a bound port."""
-    credentials = server_credentials(settings)
+    """The VAE service, the admin service (only with an admin credential), health (all names NOT_SERVING until
+    proven otherwise) and reflection, on a bound port."""
+    auth, credentials = security.interceptor, security.credentials  # re-read on SIGHUP (service/security.py)
     server = grpc.aio.server(options=server_options(settings), interceptors=[auth] if auth else None)
     server.add_generic_rpc_handlers((rpc_handler(servicer),))
+    services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if admin is not None:
+        admin_pb2_grpc.add_ModelAdminServiceServicer_to_server(admin, server)
+        services.append(ADMIN_SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME, *map(health_name, verdict.served), *map(health_name, verdict.refused)):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection(services, server)
     address = f"{settings.host}:{settings.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     return server, health_servicer, port
@@ -166,32 +223,46 @@ async def start_server(
     """Build and start everything; returns once the gRPC port is bound (health may still be NOT_SERVING).
 
     `backend` replaces the one the settings name (tests wrap a real backend to inject faults)."""
-    server_credentials(settings)  # a TLS setting that can't work stops us here, in one line, before anything loads
+    metrics = ServiceMetrics(registry or CollectorRegistry())
+    # a TLS or token setting that can't work stops us here, in one line, before anything loads
+    security = ServerSecurity.from_settings(settings, _refused_counter(metrics), _reload_counter(metrics))
     verdict = await _servable_models(settings)  # a model whose files fail their check is not served
     models = verdict.served
-    metrics = ServiceMetrics(registry or CollectorRegistry())
-    auth = auth_interceptor(settings, on_refused=_refused_counter(metrics))  # tokens read once, here
-    instrumented = InstrumentedBackend(backend or make_backend(settings, models), metrics)
+    instrumented = InstrumentedBackend(backend or make_backend(settings, {}), metrics)
     limits = BatchingLimits(settings.max_batch_size, settings.max_wait_s, settings.max_queue, settings.score_chunk_rows)
     metrics.describe_models(models, settings.backend, settings.max_queue, settings.latent_health)
-    operations = VaeOperations(models, instrumented, limits, metrics.observer, metrics.latent_health, verdict.refused)
-    server, health_servicer, port = await _grpc_server(
-        settings, VaeServicer(operations, settings, metrics), auth, verdict
-    )
+    model_registry = _model_registry(settings, instrumented, metrics, verdict)
+    operations = VaeOperations(model_registry, limits, metrics.latent_health)
+    reloads = Reloads(model_registry, metrics.reloads, settings.repository_poll_s, security.reload)
+    admin = AdminServicer(model_registry, reloads, settings.backend) if settings.admin_token_file else None
+    servicer = VaeServicer(operations, settings, metrics)
+    server, health_servicer, port = await _grpc_server(settings, servicer, security, verdict, admin)
 
-    await operations.start()
-    health_task = asyncio.get_running_loop().create_task(
-        _track_health(instrumented, health_servicer, (SERVICE_NAME, *map(health_name, models)))
-    )
+    await instrumented.start()
+    versions = load_versions(settings.model_repository)
+    await model_registry.start({name: versions[name] for name in models})
+    reloads.start()
+    health_task = asyncio.get_running_loop().create_task(_track_health(instrumented, health_servicer, model_registry))
     loop_monitor = LoopMonitor(metrics.loop_lag, metrics.gc_pause)  # vae_event_loop_lag_seconds, vae_gc_pause_seconds
     loop_monitor.start()
     metrics_http, metrics_port = _metrics_endpoint(settings, metrics)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)  # liveness: the server answers
-    log.info("serving %s on port %d (%s; backend %s, metrics port %s)", ", ".join(models), port, describe(settings),
+    log.info("serving %s on port %d (%s; backend %s, metrics port %s)", ", ".join(models), port, security.describe(),
              settings.backend, metrics_port)  # fmt: skip
     return RunningServer(server, port, metrics_port, operations, health_servicer, metrics, metrics_http, health_task,
-                         loop_monitor)  # fmt: skip
+                         loop_monitor, reloads)  # fmt: skip
+
+
+def _model_registry(settings: Settings, backend: Backend, metrics: ServiceMetrics, verdict: Verdict) -> ModelRegistry:
+    """The registry of served versions; with `--workers` the operators' changes live in the supervisor's folder."""
+    limits = LoadLimits(settings.max_batch_size, settings.max_wait_s, settings.max_queue,
+                        files_required=settings.backend != "triton", timeout_s=settings.load_timeout_s)  # fmt: skip
+    chosen = default_model(settings.model_repository, verdict.served, settings.default_model)
+    return ModelRegistry(backend, limits, batch_functions(backend, metrics.latent_health), metrics.observer,
+                         repository=settings.model_repository, default_model=chosen,
+                         unload_grace_s=settings.unload_grace_s, control=ControlStore.from_environment(),
+                         lifecycle=LifecycleMetrics(metrics), refused=verdict.refused)  # fmt: skip
 
 
 def freeze_start_up_objects(settings: Settings) -> None:
@@ -214,6 +285,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, running.reloads.on_sighup)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests (grace %.1fs)", settings.shutdown_grace_s)
     await running.stop(settings.shutdown_grace_s)

@@ -12,7 +12,11 @@ torch or the server:
   during the first start (a bad repository or setting) stops everything with its exit code instead: restarting
   cannot fix configuration;
 - SIGTERM or SIGINT is forwarded (as SIGTERM) to every worker; each drains within shutdown_grace_s; this process
-  exits 0 once all have exited cleanly (1 if one did not, after SIGKILL for any still there past the grace).
+  exits 0 once all have exited cleanly (1 if one did not, after SIGKILL for any still there past the grace);
+- SIGHUP is forwarded to every worker: each re-reads the repository, the operators' record and the TLS and token
+  files (service/registry/triggers.py). An admin call reaches one worker, which records its change in the folder
+  this process made (VAE_CONTROL_DIR) and sends this process SIGHUP (VAE_SUPERVISOR_PID): so every worker applies
+  every change.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, start_http_s
 from prometheus_client.multiprocess import mark_process_dead
 
 from service.config import Settings
+from service.registry.control import CONTROL_DIR_ENV, SUPERVISOR_PID_ENV
 from service.worker_metrics import WorkersCollector, WorkerView
 from service.workers import STOP_SIGNALS, Ready, run_worker, worker_settings
 
@@ -106,7 +111,7 @@ class Supervisor:
     def run(self, metrics_port: int | None) -> int:
         wakeup, wakeup_writer = socket.socketpair()
         wakeup_writer.setblocking(False)
-        previous = {sig: signal.signal(sig, lambda *_: None) for sig in STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (*STOP_SIGNALS, signal.SIGHUP)}
         signal.set_wakeup_fd(wakeup_writer.fileno())  # each signal's number lands on `wakeup`, waking `wait`
         try:
             for index in range(self.settings.workers):
@@ -127,8 +132,11 @@ class Supervisor:
         waiting_for += [w.ready_pipe for w in self._workers.values() if w.ready is None]
         woke = wait(waiting_for, self._timeout())
         if wakeup in woke:
-            signals = wakeup.recv(64)
-            self._stop(f"received {signal.Signals(signals[0]).name}")
+            received = [signal.Signals(number) for number in wakeup.recv(64)]
+            if any(sig in STOP_SIGNALS for sig in received):
+                self._stop(f"received {next(s for s in received if s in STOP_SIGNALS).name}")
+            elif signal.SIGHUP in received:
+                self._forward_sighup()
         for worker in list(self._workers.values()):
             if worker.ready is None and worker.ready_pipe in woke:
                 with contextlib.suppress(EOFError):  # it died before serving: its sentinel says so
@@ -204,6 +212,16 @@ class Supervisor:
         self._restart_at[worker.index] = time.monotonic() + delay
         log.error("worker %d (pid %s) exited unexpectedly (%s); restarting it in %.0f s", worker.index, pid, how, delay)
 
+    def _forward_sighup(self) -> None:
+        """Every worker that serves reloads; one still starting reads the repository as it is anyway."""
+        if self._stopping:
+            return
+        for worker in self._workers.values():
+            if worker.ready is not None and worker.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signal.SIGHUP)
+        log.info("SIGHUP: asked %d workers to reload", sum(1 for w in self._workers.values() if w.ready))
+
     def _stop(self, why: str) -> None:
         if self._stopping:
             log.info("%s: already stopping", why)
@@ -226,6 +244,8 @@ def supervise(settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     metrics_dir = tempfile.mkdtemp(prefix="vae-metrics-") if settings.metrics_port >= 0 else None
+    control_dir = tempfile.mkdtemp(prefix="vae-control-")  # the operators' record, shared by the workers
+    os.environ[CONTROL_DIR_ENV], os.environ[SUPERVISOR_PID_ENV] = control_dir, str(os.getpid())
     if metrics_dir:  # before any worker starts, hence before any of them imports prometheus_client
         os.environ[MULTIPROC_ENV] = metrics_dir
     else:  # no /metrics: workers keep their metrics in memory, not in a folder someone else set
@@ -251,3 +271,6 @@ def supervise(settings: Settings) -> int:
         if metrics_dir:
             os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        for name in (CONTROL_DIR_ENV, SUPERVISOR_PID_ENV):
+            os.environ.pop(name, None)
+        shutil.rmtree(control_dir, ignore_errors=True)

@@ -69,6 +69,7 @@ async def _serve(settings: Settings, index: int, ready: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a SIGTERM kept while loading is delivered now
     running = await start_server(settings)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.reloads.on_sighup)
     freeze_start_up_objects(settings)
     ready.send(Ready(index, os.getpid(), running.port, running.metrics_port))
     ready.close()

@@ -22,6 +22,8 @@ from service.backends import kernels
 from service.errors import Unavailable
 from vaecore.repository import ModelSpec
 
+_Key = tuple[str, str]  # (network, version)
+
 
 class LocalBackend:
     name = "local"
@@ -42,9 +44,11 @@ class LocalBackend:
         self._inline_rows = inline_rows
         self._pinned = kernels.fixed(onednn)
         self._max_batch_size = max_batch_size
-        self._modules: dict[str, torch.jit.ScriptModule] = {}
-        self._kernels: dict[str, kernels.KernelChoice] = {}
+        # by (network, version): two versions of one model serve side by side
+        self._modules: dict[_Key, torch.jit.ScriptModule] = {}
+        self._kernels: dict[_Key, kernels.KernelChoice] = {}
         self._busy = 0  # calls handed to the worker thread and not finished
+        self._started = self._closed = False
         # torch's intra-op thread count is per thread: set it in the thread that runs the networks.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch", initializer=self._init_thread)
 
@@ -54,20 +58,37 @@ class LocalBackend:
 
     async def start(self) -> None:
         self._init_thread()  # the event-loop thread runs the small calls
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._load_all)
-
-    def _load_all(self) -> None:
         for model in self._models.values():
-            rows = {model.encoder.model_name: (1, *model.image_shape), model.decoder.model_name: (1, model.latent_dim)}
-            for network in (model.encoder, model.decoder):
-                path = model.torchscript_path(network)
-                try:
-                    module = torch.jit.load(str(path), map_location=self._device).eval()
-                except (RuntimeError, OSError, ValueError) as exc:
-                    raise Unavailable(f"cannot load {path}: {exc}") from exc
-                self._kernels[network.model_name] = self._choose(network.model_name, module, rows[network.model_name])
-                self._modules[network.model_name] = module
+            await self.load(model)
+        self._started = True
+
+    async def load(self, model: ModelSpec) -> None:
+        """Both networks of one version, loaded and their kernels chosen on the worker thread (the loop keeps
+        serving meanwhile); they become callable only once both are in."""
+        if all((n.model_name, model.version) in self._modules for n in (model.encoder, model.decoder)):
+            return
+        loaded = await asyncio.get_running_loop().run_in_executor(self._executor, self._load_version, model)
+        for key, (module, choice) in loaded.items():
+            self._kernels[key] = choice
+            self._modules[key] = module
+
+    def _load_version(self, model: ModelSpec) -> dict[_Key, tuple[torch.jit.ScriptModule, kernels.KernelChoice]]:
+        rows = {model.encoder.model_name: (1, *model.image_shape), model.decoder.model_name: (1, model.latent_dim)}
+        loaded = {}
+        for network in (model.encoder, model.decoder):
+            path = model.torchscript_path(network)
+            try:
+                module = torch.jit.load(str(path), map_location=self._device).eval()
+            except (RuntimeError, OSError, ValueError) as exc:
+                raise Unavailable(f"cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+            choice = self._choose(network.model_name, module, rows[network.model_name])
+            loaded[(network.model_name, model.version)] = (module, choice)
+        return loaded
+
+    async def unload(self, model: ModelSpec) -> None:
+        for network in (model.encoder, model.decoder):
+            self._modules.pop((network.model_name, model.version), None)
+            self._kernels.pop((network.model_name, model.version), None)
 
     def _choose(self, name: str, module: torch.jit.ScriptModule, row_shape: tuple[int, ...]) -> kernels.KernelChoice:
         if self._device.type != "cpu":
@@ -77,13 +98,13 @@ class LocalBackend:
         return kernels.choose(name, module, torch.zeros(row_shape, device=self._device), self._max_batch_size)
 
     def ready(self) -> bool:
-        return len(self._modules) == 2 * len(self._models)
+        return self._started and not self._closed
 
-    def _run(self, model_name: str, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        module = self._modules.get(model_name)
+    def _run(self, key: _Key, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        module = self._modules.get(key)
         if module is None:
-            raise Unavailable(f"model {model_name} is not loaded")
-        kernels.use(self._kernels[model_name], len(array))
+            raise Unavailable(f"model {key[0]} version {key[1]} is not loaded")
+        kernels.use(self._kernels[key], len(array))
         with torch.inference_mode():
             # A request's array is a read-only view of its message bytes: torch wants writable memory (it warns
             # otherwise), so such an array is copied, once per call: small next to the network.
@@ -91,21 +112,22 @@ class LocalBackend:
             first, second = module(torch.from_numpy(rows).to(self._device))
         return first.cpu().numpy(), second.cpu().numpy()
 
-    async def _call(self, model_name: str, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def _call(self, key: _Key, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._busy == 0 and len(array) <= self._inline_rows:
-            return self._run(model_name, array)  # idle and small: no hop to the worker thread (module docstring)
+            return self._run(key, array)  # idle and small: no hop to the worker thread (module docstring)
         self._busy += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, model_name, array)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, key, array)
         finally:
             self._busy -= 1
 
     async def encode(self, model: ModelSpec, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return await self._call(model.encoder.model_name, images)
+        return await self._call((model.encoder.model_name, model.version), images)
 
     async def decode(self, model: ModelSpec, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return await self._call(model.decoder.model_name, latents)
+        return await self._call((model.decoder.model_name, model.version), latents)
 
     async def close(self) -> None:
+        self._closed = True
         self._modules.clear()
         self._executor.shutdown(wait=True)

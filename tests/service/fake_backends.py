@@ -69,6 +69,12 @@ class FakeFaultyBackend:
     def ready(self) -> bool:
         return self.inner.ready()
 
+    async def load(self, model: ModelSpec) -> None:
+        await self.inner.load(model)
+
+    async def unload(self, model: ModelSpec) -> None:
+        await self.inner.unload(model)
+
     def _note(self, network: str, marked: np.ndarray) -> None:
         fail = bool(marked.any())
         with self._lock:

@@ -67,9 +67,22 @@ def test_every_known_series_is_exported_at_zero_before_traffic(model_repository:
         assert _get(samples, "vae_requests_in_flight", method=method) == 0
     for model in ("tiny", "tiny2"):
         for network in ("encoder", "decoder"):
-            assert _get(samples, "vae_batch_size_count", model=model, network=network) == 0
-            assert _get(samples, "vae_queue_depth", model=model, network=network) == 0
-            assert _get(samples, "vae_queue_capacity", model=model, network=network) == Settings().max_queue
+            batching = {"model": model, "version": "1", "network": network}
+            assert _get(samples, "vae_batch_size_count", **batching) == 0
+            assert _get(samples, "vae_queue_depth", **batching) == 0
+            assert _get(samples, "vae_queue_capacity", **batching) == Settings().max_queue
+        # the model lifecycle (service/registry): its one version loaded once at start, nothing else yet
+        assert _get(samples, "vae_model_loads_total", model=model, result="ok") == 1
+        assert _get(samples, "vae_model_loads_total", model=model, result="failed") == 0
+        assert _get(samples, "vae_model_load_seconds_count", model=model) == 1
+        assert _get(samples, "vae_model_versions", model=model, state="ready") == 1
+        assert _get(samples, "vae_model_versions", model=model, state="failed") == 0
+        assert _get(samples, "vae_traffic_share", model=model, version="1") == 1
+        assert _get(samples, "vae_traffic_split_since_seconds", model=model) == 0
+        for method in ("Decode", "Interpolate", "Arithmetic"):
+            assert _get(samples, "vae_unstamped_latents_total", model=model, method=method) == 0
+        for method in METHODS:
+            assert _get(samples, "vae_version_requests_total", model=model, version="1", method=method) == 0
         assert _get(samples, "vae_latent_kl_nats_count", model=model) == 0
         assert _get(samples, "vae_score_nll_nats_count", model=model) == 0
         assert _get(samples, "vae_latent_active_units", model=model) == 0
@@ -125,7 +138,7 @@ def test_active_units_are_the_units_whose_posterior_mean_varies(server: ServerTh
     from service.latent_health import LatentHealth
 
     assert server.running is not None
-    models = server.running.operations.models
+    models = server.running.registry.models()
     health = LatentHealth(models, window=8)
     rng = np.random.default_rng(0)
     mu = np.zeros((20, 4), np.float32)

@@ -355,12 +355,12 @@ def test_metrics_move_as_requests_are_served(server: ServerThread, stub: VaeServ
         _value(after, 'vae_items_processed_total{method="Sample"}')
         >= _value(before, 'vae_items_processed_total{method="Sample"}') + 20
     )
-    assert _value(after, 'vae_batch_size_count{model="tiny",network="decoder"}') > _value(
-        before, 'vae_batch_size_count{model="tiny",network="decoder"}'
+    assert _value(after, 'vae_batch_size_count{model="tiny",network="decoder",version="1"}') > _value(
+        before, 'vae_batch_size_count{model="tiny",network="decoder",version="1"}'
     )
     assert _value(after, 'vae_backend_duration_seconds_count{backend="local",network="decoder"}') > 0
     assert 'vae_request_duration_seconds_bucket{le="0.005",method="Sample"}' in after
-    assert 'vae_queue_wait_seconds_count{model="tiny",network="decoder"}' in after
+    assert 'vae_queue_wait_seconds_count{model="tiny",network="decoder",version="1"}' in after
     assert (
         'vae_model_info{backend="local",dataset="idx",latent_dim="4",likelihood="bernoulli",model="tiny"} 1.0' in after
     )

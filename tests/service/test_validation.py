@@ -237,7 +237,7 @@ def test_image_endpoints_are_encoded_in_one_backend_call(server: ServerThread, s
     images = _images(3)
     terms = [V.Term(weight=w, value=V.Endpoint(image=V.Images(tensor=array_to_tensor(x[None]))))
              for w, x in zip((1.0, -1.0, 1.0), images, strict=True)]  # fmt: skip
-    key = ("vae_batch_requests_count", (("model", "tiny"), ("network", "encoder")))
+    key = ("vae_batch_requests_count", (("model", "tiny"), ("network", "encoder"), ("version", "1")))
     before = _metrics(server)[key]
     stub.Arithmetic(V.ArithmeticRequest(model="tiny", terms=terms))
     start = V.Endpoint(image=V.Images(tensor=array_to_tensor(images[:1])))

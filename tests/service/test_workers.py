@@ -164,9 +164,10 @@ def test_series_start_at_zero_and_gauges_combine_as_one_server(two_workers: Serv
         assert ("vae_requests_total", frozenset({("method", method), ("code", "DATA_LOSS")})) in samples
         assert samples[("vae_requests_in_flight", frozenset({("method", method)}))] == 0  # livesum over workers
     assert samples[("vae_backend_errors_total", frozenset({("backend", "local"), ("network", "decoder")}))] == 0
-    assert samples[("vae_queue_depth", frozenset({("model", "tiny2"), ("network", "encoder")}))] == 0
+    assert samples[("vae_queue_depth", frozenset({("model", "tiny2"), ("version", "1"), ("network", "encoder")}))] == 0
     # the same in every worker: shown once ("max"), not doubled
-    assert samples[("vae_queue_capacity", frozenset({("model", "tiny"), ("network", "decoder")}))] == 77
+    capacity = ("vae_queue_capacity", frozenset({("model", "tiny"), ("version", "1"), ("network", "decoder")}))
+    assert samples[capacity] == 77
     assert samples[("vae_model_test_nll_nats", frozenset({("model", "tiny")}))] == 321.5
     assert _total(samples, "vae_model_info", model="tiny") == 1
     assert ("vae_latent_active_units", frozenset({("model", "tiny2")})) in samples

@@ -36,6 +36,13 @@ class VaeServiceStub:
     - Every random choice is driven by a seed; a request without one gets a fresh seed that the reply echoes,
     so any answer can be reproduced.
     - model: the name of a served model (ListModels); empty means the server's default model.
+    - model_version: one version of that model (ModelInfo.versions); empty means whichever version the server routes
+    unpinned traffic to (the default version, or a weighted split while one is set). Every reply says the version
+    that answered.
+    - latent_space: the identity of the space a latent lives in, derived from the encoder's weights and the prior
+    (a decoder-only retrain keeps it, an encoder retrain changes it). Replies that carry latents fill it in; send
+    it back with those latents and a version of another space refuses them with FAILED_PRECONDITION instead of
+    decoding them into wrong pictures. Latents sent without it are served as before (and counted).
     """
 
     def __init__(self, channel):
@@ -107,6 +114,13 @@ class VaeServiceServicer:
     - Every random choice is driven by a seed; a request without one gets a fresh seed that the reply echoes,
     so any answer can be reproduced.
     - model: the name of a served model (ListModels); empty means the server's default model.
+    - model_version: one version of that model (ModelInfo.versions); empty means whichever version the server routes
+    unpinned traffic to (the default version, or a weighted split while one is set). Every reply says the version
+    that answered.
+    - latent_space: the identity of the space a latent lives in, derived from the encoder's weights and the prior
+    (a decoder-only retrain keeps it, an encoder retrain changes it). Replies that carry latents fill it in; send
+    it back with those latents and a version of another space refuses them with FAILED_PRECONDITION instead of
+    decoding them into wrong pictures. Latents sent without it are served as before (and counted).
     """
 
     def ListModels(self, request, context):
@@ -251,6 +265,13 @@ class VaeService:
     - Every random choice is driven by a seed; a request without one gets a fresh seed that the reply echoes,
     so any answer can be reproduced.
     - model: the name of a served model (ListModels); empty means the server's default model.
+    - model_version: one version of that model (ModelInfo.versions); empty means whichever version the server routes
+    unpinned traffic to (the default version, or a weighted split while one is set). Every reply says the version
+    that answered.
+    - latent_space: the identity of the space a latent lives in, derived from the encoder's weights and the prior
+    (a decoder-only retrain keeps it, an encoder retrain changes it). Replies that carry latents fill it in; send
+    it back with those latents and a version of another space refuses them with FAILED_PRECONDITION instead of
+    decoding them into wrong pictures. Latents sent without it are served as before (and counted).
     """
 
     @staticmethod
