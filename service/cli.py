@@ -6,6 +6,9 @@ interpolate a.png b.png --out row.png    a row from one image to another
 reconstruct a.png b.png --out r.png      inputs above their reconstructions
 arithmetic 1:a.png -1:b.png 1.5:thickness --out x.png
 score a.png b.png                        ELBO and log p(x) per image (nats)
+encode a.png --out z.npy                 latents, their latent space stamped beside them (z.npy.json)
+decode z.npy --out d.png                 images of latents; the stamp beside them is sent back and checked
+admin index | reload | load | unload | default | split | rollback    the admin service (service/admin_cli.py)
 
 Pictures are written in the model's colours: grayscale for a one-channel model, RGB for a colour one. Input PNGs
 are read by the server's rules (README "Limits"): RGB, RGBA (alpha ignored) and palette files for a colour
@@ -16,6 +19,7 @@ model's size, or the command stops naming it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,7 +27,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from service.client import VaeClient, describe_error
+from service.admin_cli import add_admin_parser, run_admin
+from service.client import Latents, VaeClient, describe_error
 from service.codecs import decode_png
 from service.errors import InvalidArgument
 from service.security import SecurityError, read_client_token
@@ -58,6 +63,28 @@ def save_grid(images: np.ndarray, cols: int, path: Path) -> None:
     print(f"wrote {path}")
 
 
+def stamp_path(path: Path) -> Path:
+    """The stamp beside a `.npy` file of latents: `latents.npy` -> `latents.npy.json`."""
+    return path.with_name(path.name + ".json")
+
+
+def save_latents(path: Path, latents: Latents, model_version: str = "") -> None:
+    """The latents as `.npy`, their stamp beside them (`stamp_path`), so `decode` sends it back."""
+    np.save(path, np.asarray(latents))
+    stamp = {"latent_space": latents.latent_space, "model_version": model_version}
+    stamp_path(path).write_text(json.dumps(stamp) + "\n")
+
+
+def load_latents(path: Path) -> Latents:
+    """A `.npy` file of latents, stamped with the latent space beside it (unstamped when there is none)."""
+    try:
+        values = np.load(path).astype(np.float32)
+        stamp = json.loads(stamp_path(path).read_text()) if stamp_path(path).is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read it ({exc})") from None
+    return Latents(values, str(stamp.get("latent_space", "")))
+
+
 def _value(text: str, image_shape: tuple[int, int, int]) -> np.ndarray | str:
     return read_png(Path(text), image_shape) if text.lower().endswith(".png") else text
 
@@ -67,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--target", default="localhost:50051")
     parser.add_argument("--model", default="", help="model name (default: the server's default)")
+    parser.add_argument("--model-version", default="", help="one version of the model (default: the server's routing)")
     parser.add_argument("--seed", type=int)
     secure = parser.add_argument_group('security (README "Security")')
     secure.add_argument("--tls", action="store_true", help="TLS, verifying the server against the system's roots")
@@ -109,20 +137,27 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("score")
     p.add_argument("images", type=Path, nargs="+")
     p.add_argument("--samples", type=int, default=0)
+    add_admin_parser(sub)
     args = parser.parse_args(argv)
 
     try:
         token = read_client_token(args.token_file) if args.token_file else os.environ.get(TOKEN_ENV) or None
+        # admin calls carry the admin token instead of the caller's (service/admin_cli.py)
         client = VaeClient(args.target, args.model, tls=args.tls, tls_ca_file=args.tls_ca_file,
                            tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
-                           tls_server_name=args.tls_server_name, token=token)  # fmt: skip
+                           tls_server_name=args.tls_server_name, token=None if args.command == "admin" else token,
+                           model_version=args.model_version)  # fmt: skip
         with client as vae:
+            if args.command == "admin":
+                print("\n".join(run_admin(args, vae.channel)))
+                return 0
             if args.command == "models":
                 for m in vae.list_models():
                     nll = f"{m.test_nll:.2f} nats (k={m.test_nll_samples})" if m.test_nll else "unknown"
                     print(
                         f"{m.name}: latent {m.latent_dim}, image {list(m.image_shape)}, {m.likelihood}, "
-                        f"dataset {m.dataset}, test NLL {nll}, attributes {', '.join(m.attribute_names)}"
+                        f"dataset {m.dataset}, test NLL {nll}, attributes {', '.join(m.attribute_names)}, "
+                        f"versions {', '.join(v.version for v in m.versions)} (default {m.default_version})"
                     )
                 return 0
             info = vae.info()
@@ -132,18 +167,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(info)
             elif args.command == "encode":
                 posterior = vae.encode(read_pngs(args.images, shape))
-                np.save(args.out, posterior.mean)
+                save_latents(args.out, posterior.mean, posterior.model_version)
                 np.save(args.out.with_suffix(".logvar.npy"), posterior.log_variance)
-                print(f"wrote {args.out} {list(posterior.mean.shape)}")
+                print(f"wrote {args.out} {list(posterior.mean.shape)} (latent space {posterior.latent_space})")
             elif args.command == "decode":
-                latents = np.load(args.latents).astype(np.float32)
+                latents = load_latents(args.latents)
                 save_grid(vae.decode(latents, seed=args.seed), int(np.ceil(np.sqrt(len(latents)))), args.out)
             elif args.command == "stream":
                 args.out_dir.mkdir(parents=True, exist_ok=True)
                 done = 0
                 for index, chunk in enumerate(vae.sample_stream(args.n, args.chunk, args.temperature, args.seed)):
                     np.save(args.out_dir / f"images_{index:05d}.npy", chunk.images)
-                    np.save(args.out_dir / f"latents_{index:05d}.npy", chunk.latents)
+                    save_latents(args.out_dir / f"latents_{index:05d}.npy", chunk.latents, chunk.model_version)
                     done += len(chunk.images)
                     print(f"\r{done}/{args.n} images (seed {chunk.seed})", end="", file=sys.stderr, flush=True)
                 print(file=sys.stderr)

@@ -11,6 +11,11 @@ with VaeClient("localhost:50051") as vae:
 Images go in as float32 (or uint8) arrays [N, C, H, W] or as PNG files (`bytes`, one per image; the server
 applies its PNG rules: README "Limits"). Replies come back as float32 arrays; with `png=True` the server
 encodes them as PNG files, kept in `Generated.png`, and `Generated.images` holds their pixels.
+
+Latents come back as `Latents`: float32 arrays that remember the latent space they live in (`.latent_space`, the
+server's stamp). Slices and arithmetic keep it, and the client sends it back with them (decode, interpolate,
+arithmetic), so a server whose model's encoder changed refuses them (FAILED_PRECONDITION) instead of decoding
+them into wrong pictures. A plain array is sent unstamped. `model_version` pins every call to one version.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 import numpy as np
@@ -36,20 +42,44 @@ MESSAGE_LIMIT = 64 * 1024 * 1024
 ImageInput = np.ndarray | bytes | Sequence[bytes]
 
 
+class Latents(np.ndarray):
+    """A float32 array of latents that remembers the latent space it came from (`latent_space`, "" if unknown).
+    Views, slices and arithmetic results keep the stamp of the array they came from."""
+
+    latent_space: str
+
+    def __new__(cls, values: np.ndarray, latent_space: str = "") -> Latents:
+        stamped = np.asarray(values, np.float32).view(cls)
+        stamped.latent_space = latent_space
+        return stamped
+
+    def __array_finalize__(self, obj: object) -> None:
+        self.latent_space = getattr(obj, "latent_space", "")
+
+
+def stamp_of(value: object) -> str:
+    """The latent space a value says it comes from: a `Latents`' stamp, "" for anything else."""
+    return getattr(value, "latent_space", "") if isinstance(value, np.ndarray) else ""
+
+
 @dataclass(frozen=True)
 class Generated:
     images: np.ndarray  # float32 [N, C, H, W] in [0, 1]
-    latents: np.ndarray  # float32 [N, D]
+    latents: Latents  # float32 [N, D], stamped with their latent space
     seed: int
     png: tuple[bytes, ...] = ()  # the PNG files the server sent, when asked for (`png=True`)
+    model_version: str = ""  # the version that answered
+    latent_space: str = ""
 
 
 @dataclass(frozen=True)
 class Posterior:
-    mean: np.ndarray
+    mean: Latents
     log_variance: np.ndarray
-    samples: np.ndarray | None
+    samples: Latents | None
     seed: int
+    model_version: str = ""
+    latent_space: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,9 +126,10 @@ def _pixels(images: vae_pb2.Images) -> tuple[np.ndarray, tuple[bytes, ...]]:
     return np.stack([png_to_array(f) for f in files]).astype(np.float32) / np.float32(255.0), files
 
 
-def _generated(images: vae_pb2.Images, latents: vae_pb2.Tensor, seed: int) -> Generated:
+def _generated(images: vae_pb2.Images, latents: vae_pb2.Tensor, reply: Any) -> Generated:
     pixels, files = _pixels(images)
-    return Generated(pixels, _array(latents), seed, files)
+    stamped = Latents(_array(latents), reply.latent_space)
+    return Generated(pixels, stamped, reply.seed, files, reply.model_version, reply.latent_space)
 
 
 def _seed(seed: int | None) -> vae_pb2.Seed | None:
@@ -118,7 +149,7 @@ def _endpoint(value: np.ndarray | bytes | str) -> vae_pb2.Endpoint:
         return vae_pb2.Endpoint(image=_images([value]))  # type: ignore[list-item]
     array = np.asarray(value, np.float32)
     if array.ndim == 1:
-        return vae_pb2.Endpoint(latent=array_to_tensor(array))
+        return vae_pb2.Endpoint(latent=array_to_tensor(array), latent_space=stamp_of(value))
     return vae_pb2.Endpoint(image=_images(array[None] if array.ndim == 3 else array))
 
 
@@ -135,8 +166,10 @@ class VaeClient:
         tls_key_file: str | Path | None = None,
         tls_server_name: str | None = None,
         token: str | None = None,
+        model_version: str = "",
     ) -> None:
-        """TLS when `tls` or any `tls_*` file is given (README "Security"): the server verified against
+        """`model_version` pins every call to one version of `model` ("": the server's routing). TLS when `tls` or
+        any `tls_*` file is given (README "Security"): the server verified against
         `tls_ca_file` (else the system's roots), a client certificate for mutual TLS from `tls_cert_file` and
         `tls_key_file`; `token` is sent as `authorization: Bearer <token>` on every call."""
         options = [("grpc.max_send_message_length", MESSAGE_LIMIT), ("grpc.max_receive_message_length", MESSAGE_LIMIT)]
@@ -144,6 +177,7 @@ class VaeClient:
                                        key_file=tls_key_file, server_name=tls_server_name, token=token)  # fmt: skip
         self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
         self.model = model
+        self.model_version = model_version
         self.timeout_s = timeout_s
 
     def __enter__(self) -> VaeClient:
@@ -155,47 +189,62 @@ class VaeClient:
     def close(self) -> None:
         self._channel.close()
 
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel (TLS and token as configured), for other services of the same server."""
+        return self._channel
+
+    @property
+    def _names(self) -> dict[str, str]:
+        """The model and version every request names."""
+        return {"model": self.model, "model_version": self.model_version}
+
     def list_models(self) -> list[vae_pb2.ModelInfo]:
         return list(self._stub.ListModels(vae_pb2.ListModelsRequest(), timeout=self.timeout_s).models)
 
     def info(self) -> vae_pb2.ModelInfo:
-        return self._stub.GetModelInfo(vae_pb2.GetModelInfoRequest(model=self.model), timeout=self.timeout_s).info
+        request = vae_pb2.GetModelInfoRequest(**self._names)
+        return self._stub.GetModelInfo(request, timeout=self.timeout_s).info
 
     def encode(self, images: ImageInput, samples: int = 0, seed: int | None = None) -> Posterior:
-        request = vae_pb2.EncodeRequest(model=self.model, images=_images(images), samples_per_image=samples,
+        request = vae_pb2.EncodeRequest(**self._names, images=_images(images), samples_per_image=samples,
                                         seed=_seed(seed))  # fmt: skip
         reply = self._stub.Encode(request, timeout=self.timeout_s)
-        drawn = _array(reply.samples) if reply.HasField("samples") else None
-        return Posterior(_array(reply.mean), _array(reply.log_variance), drawn, reply.seed)
+        drawn = Latents(_array(reply.samples), reply.latent_space) if reply.HasField("samples") else None
+        return Posterior(Latents(_array(reply.mean), reply.latent_space), _array(reply.log_variance), drawn,
+                         reply.seed, reply.model_version, reply.latent_space)  # fmt: skip
 
     def decode(self, latents: np.ndarray, sample: bool = False, seed: int | None = None) -> np.ndarray:
-        request = vae_pb2.DecodeRequest(model=self.model, latents=array_to_tensor(np.asarray(latents, np.float32)),
-                                        output=_output(sample), seed=_seed(seed))  # fmt: skip
+        """Images of `latents`; a `Latents`' stamp goes with them (a plain array is sent unstamped)."""
+        request = vae_pb2.DecodeRequest(model=self.model, model_version=self.model_version,
+                                        latents=array_to_tensor(np.asarray(latents, np.float32)),
+                                        latent_space=stamp_of(latents), output=_output(sample),
+                                        seed=_seed(seed))  # fmt: skip
         return _array(self._stub.Decode(request, timeout=self.timeout_s).images.tensor)
 
     def reconstruct(
         self, images: ImageInput, sample_latent: bool = False, seed: int | None = None, *, png: bool = False
     ) -> Generated:
-        request = vae_pb2.ReconstructRequest(model=self.model, images=_images(images), sample_latent=sample_latent,
+        request = vae_pb2.ReconstructRequest(**self._names, images=_images(images), sample_latent=sample_latent,
                                              seed=_seed(seed), output=_output(False, png))  # fmt: skip
         reply = self._stub.Reconstruct(request, timeout=self.timeout_s)
-        return _generated(reply.images, reply.latents, reply.seed)
+        return _generated(reply.images, reply.latents, reply)
 
     def sample(
         self, n: int, temperature: float = 1.0, sample: bool = False, seed: int | None = None, *, png: bool = False
     ) -> Generated:
-        request = vae_pb2.SampleRequest(model=self.model, n=n, temperature=temperature, output=_output(sample, png),
+        request = vae_pb2.SampleRequest(**self._names, n=n, temperature=temperature, output=_output(sample, png),
                                         seed=_seed(seed))  # fmt: skip
         reply = self._stub.Sample(request, timeout=self.timeout_s)
-        return _generated(reply.images, reply.latents, reply.seed)
+        return _generated(reply.images, reply.latents, reply)
 
     def sample_stream(
         self, n: int, chunk_size: int = 0, temperature: float = 1.0, seed: int | None = None, *, png: bool = False
     ) -> Iterator[Generated]:
-        request = vae_pb2.SampleStreamRequest(model=self.model, n=n, chunk_size=chunk_size, temperature=temperature,
+        request = vae_pb2.SampleStreamRequest(**self._names, n=n, chunk_size=chunk_size, temperature=temperature,
                                               seed=_seed(seed), output=_output(False, png))  # fmt: skip
         for reply in self._stub.SampleStream(request):
-            yield _generated(reply.images, reply.latents, reply.seed)
+            yield _generated(reply.images, reply.latents, reply)
 
     def interpolate(
         self,
@@ -208,24 +257,24 @@ class VaeClient:
         png: bool = False,
     ) -> Generated:
         method = vae_pb2.INTERPOLATION_METHOD_SPHERICAL if spherical else vae_pb2.INTERPOLATION_METHOD_LINEAR
-        request = vae_pb2.InterpolateRequest(model=self.model, start=_endpoint(start), end=_endpoint(end), steps=steps,
+        request = vae_pb2.InterpolateRequest(**self._names, start=_endpoint(start), end=_endpoint(end), steps=steps,
                                              method=method, seed=_seed(seed), output=_output(False, png))  # fmt: skip
         reply = self._stub.Interpolate(request, timeout=self.timeout_s)
-        return _generated(reply.images, reply.latents, reply.seed)
+        return _generated(reply.images, reply.latents, reply)
 
     def arithmetic(
         self, terms: Sequence[tuple[float, np.ndarray | bytes | str]], seed: int | None = None, *, png: bool = False
     ) -> Generated:
         """Decode sum(weight * value): values are images [C, H, W] or PNG files, latents [D] or attribute names."""
         request = vae_pb2.ArithmeticRequest(
-            model=self.model, terms=[vae_pb2.Term(weight=w, value=_endpoint(v)) for w, v in terms], seed=_seed(seed),
+            **self._names, terms=[vae_pb2.Term(weight=w, value=_endpoint(v)) for w, v in terms], seed=_seed(seed),
             output=_output(False, png),
         )  # fmt: skip
         reply = self._stub.Arithmetic(request, timeout=self.timeout_s)
-        return _generated(reply.images, reply.latent, reply.seed)
+        return _generated(reply.images, reply.latent, reply)
 
     def score(self, images: ImageInput, samples: int = 0, seed: int | None = None) -> list[Score]:
-        request = vae_pb2.ScoreRequest(model=self.model, images=_images(images), importance_samples=samples,
+        request = vae_pb2.ScoreRequest(**self._names, images=_images(images), importance_samples=samples,
                                        seed=_seed(seed))  # fmt: skip
         reply = self._stub.Score(request, timeout=self.timeout_s)
         return [Score(s.elbo, s.reconstruction, s.kl, s.log_likelihood) for s in reply.scores]

@@ -7,8 +7,9 @@ the model repository is even read):
 - `auth_token_file`: every RPC must carry `authorization: Bearer <token>` with one of the file's tokens (one per
   line; blank lines and `#` comments ignored). The standard health service stays open so that probes need no
   secret; reflection needs a token like the API.
-- `admin_token_file`: the admin service (`vae.v1.ModelAdminService`) needs one of these tokens instead, a credential of its
-  own: callers' tokens are refused there, admin tokens everywhere else. Without the file the admin service is off.
+- `admin_token_file`: the admin service (`vae.v1.ModelAdminService`) needs one of these tokens instead, a
+  credential of its own: callers' tokens are refused there, admin tokens everywhere else. Without the file the
+  admin service is off.
 
 SIGHUP re-reads all of these files (`ServerSecurity.reload`), so certificates and tokens rotate without a restart:
 new connections get the new certificate, key and client CA (open connections keep theirs until they close or age

@@ -79,7 +79,9 @@ def test_an_unknown_format_version_is_refused_by_name(tmp_path: Path, version: o
 def test_a_broken_metadata_file_names_itself(tmp_path: Path, change: dict[str, object], message: str) -> None:
     path = tmp_path / "m.vae.json"
     body = {k: v for k, v in {**_metadata(), **change}.items() if k != "name"}
-    path.write_text(json.dumps({"format": FORMAT_VERSION, "name": "m", "default_version": "1", "versions": {"1": body}}))
+    path.write_text(
+        json.dumps({"format": FORMAT_VERSION, "name": "m", "default_version": "1", "versions": {"1": body}})
+    )
     with pytest.raises(RepositoryError, match=rf"m\.vae\.json.*version 1: .*{message}"):
         parse_metadata(path)
 

@@ -195,8 +195,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attribute-images", type=int, help="use only the first N training images for attributes")
     p.add_argument("--version", default="1", help="the version to write (a positive integer); the model's other "
                    "versions are kept (docs/operations.md \"Updating models\")")  # fmt: skip
-    p.add_argument("--no-default", action="store_true",
-                   help="add the version without making it the default (a canary: route traffic to it by admin)")
+    p.add_argument(
+        "--no-default",
+        action="store_true",
+        help="add the version without making it the default (a canary: route traffic to it by admin)",
+    )
     p.set_defaults(handler=_run_export)
 
 
@@ -307,8 +310,7 @@ def _load(checkpoint_path: Path, threads: int, need_data: bool = True):  # type:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_plots, _add_export, _add_python_repo, _add_rehash,
-                _add_versions):
+    for add in (_add_train, _add_evaluate, _add_plots, _add_export, _add_python_repo, _add_rehash, _add_versions):
         add(sub)
     return parser
 

@@ -5,6 +5,7 @@ refuse broken ones while what serves keeps serving."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -15,7 +16,10 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 
+from service import cli
+from service.client import Latents, VaeClient
 from service.codecs import array_to_tensor
 from service.config import Settings
 from service.inprocess import ServerThread, serving, stub_for
@@ -155,10 +159,13 @@ def test_the_admin_service_needs_its_own_token(server: ServerThread) -> None:
 
 
 def test_a_server_without_an_admin_credential_has_no_admin_service(repo: Path, tmp_path: Path) -> None:
-    with serving(_settings(repo, tmp_path, admin_token_file="")) as server, admin_for(server.address) as admin:
-        with pytest.raises(grpc.RpcError) as refused:
-            admin.index()
-    assert refused.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED)
+    with (
+        serving(_settings(repo, tmp_path, admin_token_file="")) as server,
+        admin_for(server.address) as admin,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        admin.index()
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED  # not registered at all
 
 
 def _versions_answering(stub, n: int, **fields: object) -> Counter[str]:  # type: ignore[no-untyped-def]
@@ -220,7 +227,9 @@ def test_a_reload_loads_a_new_default_then_drains_the_old_one(server: ServerThre
     running = server.running
     add_version(repo, MODEL, "2", "4", make_default=True)  # what `export --version 4` does
     changes = server.call(running.reload("sighup"))
-    assert any("tiny:4: loaded" in line for line in changes) and any("default version 1 -> 4" in line for line in changes)
+    assert any("tiny:4: loaded" in line for line in changes) and any(
+        "default version 1 -> 4" in line for line in changes
+    )
     with stub_for(server) as stub:
         assert _versions_answering(stub, 10) == {"4": 10}
         # an in-flight request on version 1 finishes on it after version 1 leaves the repository
@@ -241,9 +250,7 @@ def test_a_reload_loads_a_new_default_then_drains_the_old_one(server: ServerThre
 
 
 @pytest.mark.parametrize("how", ["digest", "garbage", "shapes"])
-def test_a_broken_version_is_refused_and_what_serves_keeps_serving(
-    server: ServerThread, repo: Path, how: str
-) -> None:
+def test_a_broken_version_is_refused_and_what_serves_keeps_serving(server: ServerThread, repo: Path, how: str) -> None:
     assert server.running is not None
     running = server.running
     failed = running.metrics.loads.labels(MODEL, "failed")
@@ -282,3 +289,48 @@ def test_a_version_changed_in_place_is_refused_and_keeps_serving(server: ServerT
     with stub_for(server) as stub:
         assert _decode(stub, np.zeros((1, 4), np.float32), "2").model_version == "2"
         assert _info(stub).versions[1].latent_space != "ls1-000000000000000000000000"
+
+
+def test_the_typed_client_keeps_the_stamp_and_sends_it_back(server: ServerThread) -> None:
+    images = np.random.default_rng(3).random((3, 1, 28, 28), dtype=np.float32)
+    with VaeClient(server.address, MODEL, model_version="3") as v3, VaeClient(server.address, MODEL) as routed:
+        posterior = v3.encode(images)
+        assert posterior.model_version == "3" and posterior.mean.latent_space == posterior.latent_space != ""
+        z = posterior.mean[1:] * 0.5  # slices and arithmetic keep the stamp
+        assert isinstance(z, Latents) and z.latent_space == posterior.latent_space
+        assert v3.decode(z).shape == (2, 1, 28, 28)
+        with pytest.raises(grpc.RpcError) as refused:  # the routing (version 1) has another space
+            routed.decode(z)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert routed.decode(np.asarray(z)).shape == (2, 1, 28, 28)  # a plain array goes unstamped
+        sampled = routed.sample(2, seed=1)
+        assert sampled.model_version == "1" and sampled.latents.latent_space == sampled.latent_space
+        with pytest.raises(grpc.RpcError):
+            v3.interpolate(sampled.latents[0], sampled.latents[1], steps=3)  # version 1's latents, version 3
+        assert routed.interpolate(sampled.latents[0], sampled.latents[1], steps=3).model_version == "1"
+
+
+def test_the_cli_keeps_the_stamp_beside_the_npy_and_drives_the_admin_service(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    picture = tmp_path / "a.png"
+    Image.fromarray((np.random.default_rng(4).random((28, 28)) * 255).astype(np.uint8)).save(picture)
+    target = ["--target", server.address, "--model", MODEL]
+    z = tmp_path / "z.npy"
+    assert cli.main([*target, "--model-version", "3", "encode", str(picture), "--out", str(z)]) == 0
+    stamp = json.loads((tmp_path / "z.npy.json").read_text())
+    assert stamp["model_version"] == "3" and stamp["latent_space"].startswith("ls1-")
+    assert cli.main([*target, "decode", str(z), "--out", str(tmp_path / "d.png")]) == 1  # version 1: refused
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
+    assert cli.main([*target, "--model-version", "3", "decode", str(z), "--out", str(tmp_path / "d.png")]) == 0
+    token = tmp_path / "admin-tokens"  # written by _settings
+    admin = [*target, "admin", "--admin-token-file", str(token)]
+    assert cli.main([*admin, "default", MODEL, "3"]) == 0
+    assert "tiny: default version 3" in capsys.readouterr().out
+    assert cli.main([*target, "decode", str(z), "--out", str(tmp_path / "d.png")]) == 0  # now routed to 3
+    assert cli.main([*admin, "index"]) == 0
+    assert "version 3: ready, 100% of unpinned traffic" in capsys.readouterr().out
+    assert cli.main([*admin, "split", MODEL, "1=3", "3=1"]) == 0
+    assert "version 1: ready, 75% of unpinned traffic" in capsys.readouterr().out
+    assert cli.main([*admin, "rollback", MODEL]) == 0
+    assert cli.main([*target, "admin", "index"]) == 2  # no admin token given
