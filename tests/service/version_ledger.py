@@ -48,8 +48,8 @@ class Template:
     stamped: bool  # carries latents stamped with versions 1 and 2's space
 
 
-def templates(space: str, latent_dim: int, count: int, seed: int = 0) -> list[Template]:
-    """`count` requests of seven RPCs, with fixed seeds; the latents they carry are stamped with `space`."""
+def templates(model: str, space: str, latent_dim: int, count: int, seed: int = 0) -> list[Template]:
+    """`count` requests of seven RPCs to `model`, with fixed seeds; the latents they carry are stamped with `space`."""
     rng = np.random.default_rng(seed)
     images = stroke_images(32, seed)[0][:, None].astype(np.float32)
     made: list[Template] = []
@@ -59,28 +59,28 @@ def templates(space: str, latent_dim: int, count: int, seed: int = 0) -> list[Te
         pick = images[rng.integers(0, len(images), 2)]
         kind = i % 8
         if kind == 0:
-            made.append(Template("Sample", V.SampleRequest(model=MODEL, n=1 + i % 3, seed=s), False))
+            made.append(Template("Sample", V.SampleRequest(model=model, n=1 + i % 3, seed=s), False))
         elif kind == 1:
-            made.append(Template("Decode", V.DecodeRequest(model=MODEL, latents=array_to_tensor(z), seed=s,
+            made.append(Template("Decode", V.DecodeRequest(model=model, latents=array_to_tensor(z), seed=s,
                                                            latent_space=space), True))  # fmt: skip
         elif kind == 2:
-            made.append(Template("Decode", V.DecodeRequest(model=MODEL, latents=array_to_tensor(z), seed=s), False))
+            made.append(Template("Decode", V.DecodeRequest(model=model, latents=array_to_tensor(z), seed=s), False))
         elif kind == 3:
-            made.append(Template("Encode", V.EncodeRequest(model=MODEL, images=V.Images(tensor=array_to_tensor(pick)),
+            made.append(Template("Encode", V.EncodeRequest(model=model, images=V.Images(tensor=array_to_tensor(pick)),
                                                            samples_per_image=2, seed=s), False))  # fmt: skip
         elif kind == 4:
             made.append(Template("Reconstruct", V.ReconstructRequest(
-                model=MODEL, images=V.Images(tensor=array_to_tensor(pick)), seed=s), False))  # fmt: skip
+                model=model, images=V.Images(tensor=array_to_tensor(pick)), seed=s), False))  # fmt: skip
         elif kind == 5:
             ends = [V.Endpoint(latent=array_to_tensor(row), latent_space=space) for row in z]
-            made.append(Template("Interpolate", V.InterpolateRequest(model=MODEL, start=ends[0], end=ends[1], steps=5,
+            made.append(Template("Interpolate", V.InterpolateRequest(model=model, start=ends[0], end=ends[1], steps=5,
                                                                      seed=s), True))  # fmt: skip
         elif kind == 6:
             terms = [V.Term(weight=1.0, value=V.Endpoint(latent=array_to_tensor(z[0]), latent_space=space)),
                      V.Term(weight=0.5, value=V.Endpoint(image=V.Images(tensor=array_to_tensor(pick[:1]))))]  # fmt: skip
-            made.append(Template("Arithmetic", V.ArithmeticRequest(model=MODEL, terms=terms, seed=s), True))
+            made.append(Template("Arithmetic", V.ArithmeticRequest(model=model, terms=terms, seed=s), True))
         else:
-            made.append(Template("Score", V.ScoreRequest(model=MODEL, images=V.Images(tensor=array_to_tensor(pick)),
+            made.append(Template("Score", V.ScoreRequest(model=model, images=V.Images(tensor=array_to_tensor(pick)),
                                                          importance_samples=8, seed=s), False))  # fmt: skip
     return made
 
@@ -127,21 +127,21 @@ class Change:
     routed: frozenset[str]  # the versions unpinned requests may go to once it is in force
 
 
-def _split(weights: dict[str, float]) -> Callable[[Admin], Any]:
-    return lambda admin: admin.split(MODEL, weights)
+def _split(weights: dict[str, float]) -> Callable[[Admin, str], Any]:
+    return lambda admin, model: admin.split(model, weights)
 
 
 # (description, call, the versions unpinned traffic goes to afterwards); version 3 takes traffic only in a split
 # beside a version of the stamped latents' space, so no stamped request is ever refused
-CHANGES: list[tuple[str, Callable[[Admin], Any], frozenset[str]]] = [
+CHANGES: list[tuple[str, Callable[[Admin, str], Any], frozenset[str]]] = [
     ("split 1:2 = 1:1", _split({"1": 1, "2": 1}), frozenset({"1", "2"})),
-    ("default 2", lambda a: a.set_default(MODEL, "2"), frozenset({"2"})),
-    ("rollback (split 1:2)", lambda a: a.rollback(MODEL), frozenset({"1", "2"})),
-    ("unload 3", lambda a: a.unload(MODEL, "3"), frozenset({"1", "2"})),
-    ("load 3", lambda a: a.load(MODEL, "3"), frozenset({"1", "2"})),
+    ("default 2", lambda a, m: a.set_default(m, "2"), frozenset({"2"})),
+    ("rollback (split 1:2)", lambda a, m: a.rollback(m), frozenset({"1", "2"})),
+    ("unload 3", lambda a, m: a.unload(m, "3"), frozenset({"1", "2"})),
+    ("load 3", lambda a, m: a.load(m, "3"), frozenset({"1", "2"})),
     ("split 2:3 = 3:1", _split({"2": 3, "3": 1}), frozenset({"2", "3"})),
-    ("rollback (split 1:2)", lambda a: a.rollback(MODEL), frozenset({"1", "2"})),
-    ("default 1", lambda a: a.set_default(MODEL, "1"), frozenset({"1"})),
+    ("rollback (split 1:2)", lambda a, m: a.rollback(m), frozenset({"1", "2"})),
+    ("default 1", lambda a, m: a.set_default(m, "1"), frozenset({"1"})),
 ]
 
 
@@ -178,21 +178,18 @@ def _send(stub: VaeServiceStub, template: Template, index: int) -> Outcome:
     return Outcome(index, sent, time.monotonic(), "OK", reply.model_version, arrays(template.method, reply))
 
 
-def _controller(admin: Admin, stop: threading.Event, log: list[Change], min_changes: int, pause_s: float) -> None:
+def _controller(
+    admin: Admin, model: str, stop: threading.Event, log: list[Change], min_changes: int, pause_s: float
+) -> None:
     step = 0
-    while not stop.is_set() or len(log) < min_changes:
+    while not stop.is_set() or len(log) < min_changes or step % len(CHANGES):  # ends back on version 1 alone
         what, call, routed = CHANGES[step % len(CHANGES)]
         asked = time.monotonic()
-        call(admin)
+        call(admin, model)
         log.append(Change(what, asked, time.monotonic(), routed))
         step += 1
-        time.sleep(pause_s)
-    while CHANGES[step % len(CHANGES)] is not CHANGES[0]:  # finish the cycle: back to version 1 alone
-        what, call, routed = CHANGES[step % len(CHANGES)]
-        asked = time.monotonic()
-        call(admin)
-        log.append(Change(what, asked, time.monotonic(), routed))
-        step += 1
+        if not stop.is_set():
+            time.sleep(pause_s)
 
 
 def allowed(changes: list[Change], sent: float, done: float) -> set[str]:
@@ -230,20 +227,28 @@ def check(made: list[Template], solo: list[dict[str, list[np.ndarray]]], run: Ru
 
 
 def run_version_ledger(
-    address: str, requests: int, concurrency: int, min_changes: int, template_count: int = 200, pause_s: float = 0.05
+    address: str,
+    requests: int,
+    concurrency: int,
+    min_changes: int,
+    template_count: int = 200,
+    pause_s: float = 0.05,
+    model: str = MODEL,
 ) -> Run:
+    """The run (module docstring) against `model`'s versions 1, 2 and 3 on the server at `address`, whose admin
+    service takes `tests.service.versions.ADMIN_TOKEN`."""
     limit = 64 * 1024 * 1024
     options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
     with grpc.insecure_channel(address, options=options) as channel:
         stub, admin = VaeServiceStub(channel), Admin(channel)
-        info = stub.GetModelInfo(V.GetModelInfoRequest(model=MODEL)).info
+        info = stub.GetModelInfo(V.GetModelInfoRequest(model=model)).info
         space = next(v.latent_space for v in info.versions if v.version == "1")
-        made = templates(space, info.latent_dim, template_count)
+        made = templates(model, space, info.latent_dim, template_count)
         solo = answers_alone(stub, made)
         rng = np.random.default_rng(1)
         order = rng.integers(0, len(made), requests)
         stop, changes = threading.Event(), []  # type: ignore[var-annotated]
-        controller = threading.Thread(target=_controller, args=(admin, stop, changes, min_changes, pause_s))
+        controller = threading.Thread(target=_controller, args=(admin, model, stop, changes, min_changes, pause_s))
         controller.start()
         with ThreadPoolExecutor(concurrency) as pool:
             outcomes = list(pool.map(lambda i: _send(stub, made[i], int(i)), order))
