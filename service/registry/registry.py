@@ -37,6 +37,7 @@ from service.registry.state import ModelEntry, Routing, State, Version
 from vaecore.repository import ModelSpec, ModelVersions, RepositoryError, metadata_files, parse_versions
 
 log = logging.getLogger(__name__)
+BACKEND_RETRY_S = 0.5  # how often a version waiting for a down backend checks whether it is up
 
 
 class Lifecycle(Protocol):
@@ -126,9 +127,9 @@ class ModelRegistry:
                     if version in entry.unloaded and version != model.default_version:
                         continue
                     await self._load(entry, model.versions[version])
-                if entry.versions[model.default_version].state is not State.READY:
+                if entry.versions[model.default_version].state is State.FAILED:
                     raise Unavailable(entry.versions[model.default_version].message)
-                self.entries[name] = entry
+                self.entries[name] = entry  # served, or waiting for the backend (Triton not up yet)
                 self._apply_control(entry, control.get(name))
             self._lifecycle.changed(self.entries)
 
@@ -282,6 +283,10 @@ class ModelRegistry:
         try:
             version.batchers = await make_servable(spec, self.backend, self.limits, self._calls, self._observer)
         except LoadFailed as exc:
+            if not self.backend.ready():  # the backend is down, not the version broken: load it once it is up
+                version.message = f"waiting for the backend ({exc})"
+                self._retry_when_ready(entry, spec)
+                return f"{spec.key}: waiting for the backend to load it"
             version.state, version.message = State.FAILED, str(exc)
             if previous is not None and previous.state is State.READY:  # a failed rebuild never replaces one serving
                 entry.versions[spec.version] = previous
@@ -293,6 +298,36 @@ class ModelRegistry:
         self._lifecycle.load_finished(spec, seconds, ok=True)
         log.info("%s loaded and warmed up in %.2f s (latent space %s)", spec.key, seconds, spec.latent_space or "-")
         return f"{spec.key}: loaded in {seconds:.2f} s"
+
+    def _retry_when_ready(self, entry: ModelEntry, spec: ModelSpec) -> None:
+        """Load a version that could not be loaded because the backend was down (Triton starting after the
+        service, say) as soon as the backend is ready; the version stays LOADING meanwhile (requests for it get
+        UNAVAILABLE, which clients retry)."""
+
+        async def retry() -> None:
+            while True:
+                await asyncio.sleep(BACKEND_RETRY_S)
+                if not self.backend.ready():
+                    continue
+                async with self._lock:
+                    current = entry.versions.get(spec.version)
+                    if (
+                        current is None
+                        or current.state is not State.LOADING
+                        or current.fingerprint != fingerprint(spec)
+                    ):
+                        return  # superseded by a reload
+                    await self._load(entry, spec)
+                    if entry.versions[spec.version].state is State.LOADING:
+                        return  # still down: `_load` scheduled the next try
+                    if entry.ready() and entry.name not in self.entries:
+                        self.entries[entry.name] = entry
+                    self._lifecycle.changed(self.entries)
+                    return
+
+        task = asyncio.get_running_loop().create_task(retry())
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
 
     def _retire(self, entry: ModelEntry, version: str, still_listed: bool) -> list[str]:
         """Stop routing new requests to `version` and drain it in the background."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 
-from service.errors import FailedPrecondition, NotFound
+from service.errors import FailedPrecondition, NotFound, Unavailable
 from service.registry.state import ModelEntry, State, Version
 
 _PICK = random.Random()  # the split's draw; not the request's seed, which must not depend on routing
@@ -32,6 +32,9 @@ def route(entry: ModelEntry, version: str, stamps: Collection[str]) -> Version:
     if not candidates:  # the routing's versions are all gone: never refuse while any version serves
         candidates = list(entry.ready().values())
     if not candidates:
+        waiting = [v for v in entry.ordered() if v.state is State.LOADING]
+        if waiting:  # not broken: loading, or waiting for the backend; a retry will find it
+            raise Unavailable(f"model {entry.name!r} is loading ({waiting[0].message}); retry")
         raise FailedPrecondition(f"model {entry.name!r} has no version serving now ({_states(entry)})")
     matching = _check_space(entry, candidates, stamps)
     if len(matching) == 1:
