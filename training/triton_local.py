@@ -1,11 +1,13 @@
 """Run a real `tritonserver` (the one shipped in the `nvidia-pytriton` wheel) on a Python-backend repository.
 
 For CPU machines without Triton's container: the tests use it, and so can a developer
-(`python -m training.triton_local REPO`). Production runs NVIDIA's container with the libtorch backend.
+(`python -m training.triton_local REPO`, `--model-control-mode explicit` to have the service load and unload
+versions). Production runs NVIDIA's container with the libtorch backend.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -20,6 +22,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+MODEL_CONTROL_MODES = ("none", "explicit")
 
 
 class TritonStartError(RuntimeError):
@@ -100,6 +104,18 @@ class TritonServer:
     metrics_port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
     tls: GrpcTls | None = None
+    # "none": Triton loads every model of the repository at start and refuses load/unload requests; "explicit":
+    # it loads only `load_models` at start and then what clients ask for (the service's --triton-model-control)
+    model_control: str = "none"
+    load_models: tuple[str, ...] = ()  # explicit mode only: models loaded at start ("*": all of them)
+
+    def __post_init__(self) -> None:
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ValueError(
+                f"model_control must be one of {', '.join(MODEL_CONTROL_MODES)}, got {self.model_control!r}"
+            )
+        if self.load_models and self.model_control != "explicit":
+            raise ValueError("load_models needs model_control='explicit' (in mode none Triton loads every model)")
 
     @property
     def grpc_url(self) -> str:
@@ -125,6 +141,7 @@ class TritonServer:
             "--allow-http=true",
             "--log-verbose=0",
             *(self.tls.flags() if self.tls is not None else []),
+            *self.model_control_flags(),
         ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -132,6 +149,11 @@ class TritonServer:
         )
         self._wait_ready(timeout_s)
         return self
+
+    def model_control_flags(self) -> list[str]:
+        if self.model_control == "none":
+            return []  # tritonserver's default
+        return [f"--model-control-mode={self.model_control}", *(f"--load-model={m}" for m in self.load_models)]
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -194,16 +216,29 @@ def _raise_stop(signum: int, _frame: object) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Serve a repository until SIGINT, SIGTERM or SIGHUP, then stop tritonserver and wait for it. The server runs
     in a session of its own (so `pause()` can freeze its whole group): without this, a SIGTERM to this process
     would leave it running, ports held."""
-    if len(sys.argv) != 2:
-        print("usage: python -m training.triton_local PYTHON_BACKEND_REPOSITORY", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(prog="python -m training.triton_local", description=main.__doc__)
+    parser.add_argument("repository", type=Path, help="a Python-backend model repository")
+    parser.add_argument("--model-control-mode", choices=MODEL_CONTROL_MODES, default="none",
+                        help="none: load every model at start; explicit: load only --load-model ones, then what "
+                             "clients ask for (the service's --triton-model-control explicit)")  # fmt: skip
+    parser.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: a model loaded at start (repeatable; * for all)",
+    )
+    args = parser.parse_args(argv)
+    if args.load_model and args.model_control_mode != "explicit":
+        parser.error("--load-model needs --model-control-mode explicit")
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
-    server = TritonServer(Path(sys.argv[1]).resolve(), Path(tempfile.mkdtemp(prefix="triton-")))
+    server = TritonServer(args.repository.resolve(), Path(tempfile.mkdtemp(prefix="triton-")),
+                          model_control=args.model_control_mode, load_models=tuple(args.load_model))  # fmt: skip
     try:
         server.start()
         assert server.process is not None
