@@ -358,6 +358,7 @@ class ModelRegistry:
         await _close_batchers(served)
         await self.backend.unload(served.spec)
         self._forget(entry, served.version, still_listed)
+        served.unloaded.set()
         log.info("%s unloaded", served.spec.key)
         self._lifecycle.changed(self.entries)
 
@@ -382,6 +383,9 @@ class ModelRegistry:
             entry, spec = self._listed_version(name, version)
             entry.unloaded.discard(version)
             current = entry.versions.get(version)
+            if current is not None and current.state is State.DRAINING:  # load it again once it is out
+                await current.unloaded.wait()
+                current = entry.versions.get(version)
             if current is None or current.state in (State.FAILED, State.UNLOADED):
                 await self._load(entry, spec)
             self._record(entry)

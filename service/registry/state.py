@@ -30,6 +30,7 @@ class Version:
     in_flight: int = 0
     batchers: dict[str, DynamicBatcher] = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while in_flight == 0
+    unloaded: asyncio.Event = field(default_factory=asyncio.Event)  # set once a drain has unloaded it
 
     def __post_init__(self) -> None:
         self.idle.set()

@@ -96,7 +96,9 @@ def test_an_admin_call_on_one_worker_switches_every_worker(two_workers: Service)
 
 
 def test_sighup_to_the_supervisor_reloads_every_worker(two_workers: Service, workers_repo: Path) -> None:
-    add_version(workers_repo, MODEL, "2", "4", make_default=True)  # a new export, as a repository volume update brings it
+    add_version(
+        workers_repo, MODEL, "2", "4", make_default=True
+    )  # a new export, as a repository volume update brings it
     assert _fresh_answers(two_workers.port) == {"1"}  # nothing changes until told (no poll configured)
     two_workers.process.send_signal(signal.SIGHUP)
     _eventually(lambda: _fresh_answers(two_workers.port) == {"4"}, "every worker to serve version 4")

@@ -178,12 +178,23 @@ def _send(stub: VaeServiceStub, template: Template, index: int) -> Outcome:
     return Outcome(index, sent, time.monotonic(), "OK", reply.model_version, arrays(template.method, reply))
 
 
+# Over Triton a load or unload is a reload of the network in Triton (seconds each, tests/service/
+# test_triton_versions.py): the routing changes alone, plus one unload and load of version 3 per cycle.
+ROUTING_CHANGES = [c for c in CHANGES if not c[0].startswith(("unload", "load"))]
+
+
 def _controller(
-    admin: Admin, model: str, stop: threading.Event, log: list[Change], min_changes: int, pause_s: float
+    admin: Admin,
+    model: str,
+    stop: threading.Event,
+    log: list[Change],
+    min_changes: int,
+    pause_s: float,
+    changes: list[tuple[str, Callable[[Admin, str], Any], frozenset[str]]],
 ) -> None:
     step = 0
-    while not stop.is_set() or len(log) < min_changes or step % len(CHANGES):  # ends back on version 1 alone
-        what, call, routed = CHANGES[step % len(CHANGES)]
+    while not stop.is_set() or len(log) < min_changes or step % len(changes):  # ends back on version 1 alone
+        what, call, routed = changes[step % len(changes)]
         asked = time.monotonic()
         call(admin, model)
         log.append(Change(what, asked, time.monotonic(), routed))
@@ -234,6 +245,7 @@ def run_version_ledger(
     template_count: int = 200,
     pause_s: float = 0.05,
     model: str = MODEL,
+    changes: list[tuple[str, Callable[[Admin, str], Any], frozenset[str]]] | None = None,
 ) -> Run:
     """The run (module docstring) against `model`'s versions 1, 2 and 3 on the server at `address`, whose admin
     service takes `tests.service.versions.ADMIN_TOKEN`."""
@@ -247,13 +259,16 @@ def run_version_ledger(
         solo = answers_alone(stub, made)
         rng = np.random.default_rng(1)
         order = rng.integers(0, len(made), requests)
-        stop, changes = threading.Event(), []  # type: ignore[var-annotated]
-        controller = threading.Thread(target=_controller, args=(admin, model, stop, changes, min_changes, pause_s))
+        stop, made_changes = threading.Event(), []  # type: ignore[var-annotated]
+        plan = changes or CHANGES
+        controller = threading.Thread(
+            target=_controller, args=(admin, model, stop, made_changes, min_changes, pause_s, plan)
+        )
         controller.start()
         with ThreadPoolExecutor(concurrency) as pool:
             outcomes = list(pool.map(lambda i: _send(stub, made[i], int(i)), order))
         stop.set()
         controller.join(300)
-    run = Run(outcomes, changes, [])
+    run = Run(outcomes, made_changes, [])
     run.problems = check(made, solo, run)
     return run
