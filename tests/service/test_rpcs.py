@@ -361,8 +361,11 @@ def test_metrics_move_as_requests_are_served(server: ServerThread, stub: VaeServ
     assert _value(after, 'vae_backend_duration_seconds_count{backend="local",network="decoder"}') > 0
     assert 'vae_request_duration_seconds_bucket{le="0.005",method="Sample"}' in after
     assert 'vae_queue_wait_seconds_count{model="tiny",network="decoder",version="1"}' in after
-    assert (
-        'vae_model_info{backend="local",dataset="idx",latent_dim="4",likelihood="bernoulli",model="tiny"} 1.0' in after
+    space = stub.GetModelInfo(V.GetModelInfoRequest(model="tiny")).info.latent_space
+    info = (
+        f'vae_model_info{{backend="local",dataset="idx",latent_dim="4",latent_space="{space}",likelihood="bernoulli",'
+        'model="tiny",version="1"} 1.0'
     )
+    assert space.startswith("ls1-") and info in after
     assert 'vae_backend_up{backend="local"} 1.0' in after
     assert "vae_requests_in_flight" in after and "vae_queue_depth" in after
