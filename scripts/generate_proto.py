@@ -23,7 +23,9 @@ PACKAGE = "service.proto_gen"
 def generate(target: Path) -> list[Path]:
     from grpc_tools import protoc
 
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    # ours only: proto/google/api is a vendored copy of googleapis' annotations (for buf), whose generated code
+    # comes with googleapis-common-protos
+    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "vae").rglob("*.proto"))
     target.mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")
     args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={target}", f"--pyi_out={target}",

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from service.proto_gen.vae.v1 import vae_pb2 as vae_dot_v1_dot_vae__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12vae/v1/admin.proto\x12\x06vae.v1\x1a\x10vae/v1/vae.proto\"\x18\n\x16RepositoryIndexRequest\"S\n\x17RepositoryIndexResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.vae.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"\x0f\n\rReloadRequest\"D\n\x0eReloadResponse\x12\x0f\n\x07\x63hanges\x18\x01 \x03(\t\x12!\n\x06models\x18\x02 \x03(\x0b\x32\x11.vae.v1.ModelInfo\":\n\x12LoadVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"6\n\x13LoadVersionResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vae.v1.ModelInfo\"<\n\x14UnloadVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"8\n\x15UnloadVersionResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vae.v1.ModelInfo\"@\n\x18SetDefaultVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"<\n\x19SetDefaultVersionResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vae.v1.ModelInfo\"\x95\x01\n\x16SetTrafficSplitRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12<\n\x07weights\x18\x02 \x03(\x0b\x32+.vae.v1.SetTrafficSplitRequest.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\":\n\x17SetTrafficSplitResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vae.v1.ModelInfo\" \n\x0fRollbackRequest\x12\r\n\x05model\x18\x01 \x01(\t\"3\n\x10RollbackResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vae.v1.ModelInfo2\xa3\x04\n\x11ModelAdminService\x12R\n\x0fRepositoryIndex\x12\x1e.vae.v1.RepositoryIndexRequest\x1a\x1f.vae.v1.RepositoryIndexResponse\x12\x37\n\x06Reload\x12\x15.vae.v1.ReloadRequest\x1a\x16.vae.v1.ReloadResponse\x12\x46\n\x0bLoadVersion\x12\x1a.vae.v1.LoadVersionRequest\x1a\x1b.vae.v1.LoadVersionResponse\x12L\n\rUnloadVersion\x12\x1c.vae.v1.UnloadVersionRequest\x1a\x1d.vae.v1.UnloadVersionResponse\x12X\n\x11SetDefaultVersion\x12 .vae.v1.SetDefaultVersionRequest\x1a!.vae.v1.SetDefaultVersionResponse\x12R\n\x0fSetTrafficSplit\x12\x1e.vae.v1.SetTrafficSplitRequest\x1a\x1f.vae.v1.SetTrafficSplitResponse\x12=\n\x08Rollback\x12\x17.vae.v1.RollbackRequest\x1a\x18.vae.v1.RollbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12vae/v1/admin.proto\x12\x06vae.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x10vae/v1/vae.proto\"\x18\n\x16RepositoryIndexRequest\"S\n\x17RepositoryIndexResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.vae.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"\x0f\n\rReloadRequest\"D\n\x0eReloadResponse\x12\x0f\n\x07\x63hanges\x18\x01 \x03(\t\x12!\n\x06models\x18\x02 \x03(\x0b\x32\x11.vae.v1.ModelInfo\":\n\x12LoadVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"6\n\x13LoadVersionResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vae.v1.ModelInfo\"<\n\x14UnloadVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"8\n\x15UnloadVersionResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vae.v1.ModelInfo\"@\n\x18SetDefaultVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"<\n\x19SetDefaultVersionResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vae.v1.ModelInfo\"\x95\x01\n\x16SetTrafficSplitRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12<\n\x07weights\x18\x02 \x03(\x0b\x32+.vae.v1.SetTrafficSplitRequest.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\":\n\x17SetTrafficSplitResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vae.v1.ModelInfo\" \n\x0fRollbackRequest\x12\r\n\x05model\x18\x01 \x01(\t\"3\n\x10RollbackResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vae.v1.ModelInfo2\x92\x07\n\x11ModelAdminService\x12l\n\x0fRepositoryIndex\x12\x1e.vae.v1.RepositoryIndexRequest\x1a\x1f.vae.v1.RepositoryIndexResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/admin/models\x12T\n\x06Reload\x12\x15.vae.v1.ReloadRequest\x1a\x16.vae.v1.ReloadResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/admin:reload:\x01*\x12\x89\x01\n\x0bLoadVersion\x12\x1a.vae.v1.LoadVersionRequest\x1a\x1b.vae.v1.LoadVersionResponse\"A\x82\xd3\xe4\x93\x02;\"6/v1/admin/models/{model}/versions/{model_version}:load:\x01*\x12\x91\x01\n\rUnloadVersion\x12\x1c.vae.v1.UnloadVersionRequest\x1a\x1d.vae.v1.UnloadVersionResponse\"C\x82\xd3\xe4\x93\x02=\"8/v1/admin/models/{model}/versions/{model_version}:unload:\x01*\x12\xa1\x01\n\x11SetDefaultVersion\x12 .vae.v1.SetDefaultVersionRequest\x1a!.vae.v1.SetDefaultVersionResponse\"G\x82\xd3\xe4\x93\x02\x41\"</v1/admin/models/{model}/versions/{model_version}:setDefault:\x01*\x12\x87\x01\n\x0fSetTrafficSplit\x12\x1e.vae.v1.SetTrafficSplitRequest\x1a\x1f.vae.v1.SetTrafficSplitResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/admin/models/{model}:setTrafficSplit:\x01*\x12k\n\x08Rollback\x12\x17.vae.v1.RollbackRequest\x1a\x18.vae.v1.RollbackResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/admin/models/{model}:rollback:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,36 +35,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SETTRAFFICSPLITREQUEST_WEIGHTSENTRY']._loaded_options = None
   _globals['_SETTRAFFICSPLITREQUEST_WEIGHTSENTRY']._serialized_options = b'8\001'
-  _globals['_REPOSITORYINDEXREQUEST']._serialized_start=48
-  _globals['_REPOSITORYINDEXREQUEST']._serialized_end=72
-  _globals['_REPOSITORYINDEXRESPONSE']._serialized_start=74
-  _globals['_REPOSITORYINDEXRESPONSE']._serialized_end=157
-  _globals['_RELOADREQUEST']._serialized_start=159
-  _globals['_RELOADREQUEST']._serialized_end=174
-  _globals['_RELOADRESPONSE']._serialized_start=176
-  _globals['_RELOADRESPONSE']._serialized_end=244
-  _globals['_LOADVERSIONREQUEST']._serialized_start=246
-  _globals['_LOADVERSIONREQUEST']._serialized_end=304
-  _globals['_LOADVERSIONRESPONSE']._serialized_start=306
-  _globals['_LOADVERSIONRESPONSE']._serialized_end=360
-  _globals['_UNLOADVERSIONREQUEST']._serialized_start=362
-  _globals['_UNLOADVERSIONREQUEST']._serialized_end=422
-  _globals['_UNLOADVERSIONRESPONSE']._serialized_start=424
-  _globals['_UNLOADVERSIONRESPONSE']._serialized_end=480
-  _globals['_SETDEFAULTVERSIONREQUEST']._serialized_start=482
-  _globals['_SETDEFAULTVERSIONREQUEST']._serialized_end=546
-  _globals['_SETDEFAULTVERSIONRESPONSE']._serialized_start=548
-  _globals['_SETDEFAULTVERSIONRESPONSE']._serialized_end=608
-  _globals['_SETTRAFFICSPLITREQUEST']._serialized_start=611
-  _globals['_SETTRAFFICSPLITREQUEST']._serialized_end=760
-  _globals['_SETTRAFFICSPLITREQUEST_WEIGHTSENTRY']._serialized_start=714
-  _globals['_SETTRAFFICSPLITREQUEST_WEIGHTSENTRY']._serialized_end=760
-  _globals['_SETTRAFFICSPLITRESPONSE']._serialized_start=762
-  _globals['_SETTRAFFICSPLITRESPONSE']._serialized_end=820
-  _globals['_ROLLBACKREQUEST']._serialized_start=822
-  _globals['_ROLLBACKREQUEST']._serialized_end=854
-  _globals['_ROLLBACKRESPONSE']._serialized_start=856
-  _globals['_ROLLBACKRESPONSE']._serialized_end=907
-  _globals['_MODELADMINSERVICE']._serialized_start=910
-  _globals['_MODELADMINSERVICE']._serialized_end=1457
+  _globals['_MODELADMINSERVICE'].methods_by_name['RepositoryIndex']._loaded_options = None
+  _globals['_MODELADMINSERVICE'].methods_by_name['RepositoryIndex']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/admin/models'
+  _globals['_MODELADMINSERVICE'].methods_by_name['Reload']._loaded_options = None
+  _globals['_MODELADMINSERVICE'].methods_by_name['Reload']._serialized_options = b'\202\323\344\223\002\025\"\020/v1/admin:reload:\001*'
+  _globals['_MODELADMINSERVICE'].methods_by_name['LoadVersion']._loaded_options = None
+  _globals['_MODELADMINSERVICE'].methods_by_name['LoadVersion']._serialized_options = b'\202\323\344\223\002;\"6/v1/admin/models/{model}/versions/{model_version}:load:\001*'
+  _globals['_MODELADMINSERVICE'].methods_by_name['UnloadVersion']._loaded_options = None
+  _globals['_MODELADMINSERVICE'].methods_by_name['UnloadVersion']._serialized_options = b'\202\323\344\223\002=\"8/v1/admin/models/{model}/versions/{model_version}:unload:\001*'
+  _globals['_MODELADMINSERVICE'].methods_by_name['SetDefaultVersion']._loaded_options = None
+  _globals['_MODELADMINSERVICE'].methods_by_name['SetDefaultVersion']._serialized_options = b'\202\323\344\223\002A\"</v1/admin/models/{model}/versions/{model_version}:setDefault:\001*'
+  _globals['_MODELADMINSERVICE'].methods_by_name['SetTrafficSplit']._loaded_options = None
+  _globals['_MODELADMINSERVICE'].methods_by_name['SetTrafficSplit']._serialized_options = b'\202\323\344\223\002-\"(/v1/admin/models/{model}:setTrafficSplit:\001*'
+  _globals['_MODELADMINSERVICE'].methods_by_name['Rollback']._loaded_options = None
+  _globals['_MODELADMINSERVICE'].methods_by_name['Rollback']._serialized_options = b'\202\323\344\223\002&\"!/v1/admin/models/{model}:rollback:\001*'
+  _globals['_REPOSITORYINDEXREQUEST']._serialized_start=78
+  _globals['_REPOSITORYINDEXREQUEST']._serialized_end=102
+  _globals['_REPOSITORYINDEXRESPONSE']._serialized_start=104
+  _globals['_REPOSITORYINDEXRESPONSE']._serialized_end=187
+  _globals['_RELOADREQUEST']._serialized_start=189
+  _globals['_RELOADREQUEST']._serialized_end=204
+  _globals['_RELOADRESPONSE']._serialized_start=206
+  _globals['_RELOADRESPONSE']._serialized_end=274
+  _globals['_LOADVERSIONREQUEST']._serialized_start=276
+  _globals['_LOADVERSIONREQUEST']._serialized_end=334
+  _globals['_LOADVERSIONRESPONSE']._serialized_start=336
+  _globals['_LOADVERSIONRESPONSE']._serialized_end=390
+  _globals['_UNLOADVERSIONREQUEST']._serialized_start=392
+  _globals['_UNLOADVERSIONREQUEST']._serialized_end=452
+  _globals['_UNLOADVERSIONRESPONSE']._serialized_start=454
+  _globals['_UNLOADVERSIONRESPONSE']._serialized_end=510
+  _globals['_SETDEFAULTVERSIONREQUEST']._serialized_start=512
+  _globals['_SETDEFAULTVERSIONREQUEST']._serialized_end=576
+  _globals['_SETDEFAULTVERSIONRESPONSE']._serialized_start=578
+  _globals['_SETDEFAULTVERSIONRESPONSE']._serialized_end=638
+  _globals['_SETTRAFFICSPLITREQUEST']._serialized_start=641
+  _globals['_SETTRAFFICSPLITREQUEST']._serialized_end=790
+  _globals['_SETTRAFFICSPLITREQUEST_WEIGHTSENTRY']._serialized_start=744
+  _globals['_SETTRAFFICSPLITREQUEST_WEIGHTSENTRY']._serialized_end=790
+  _globals['_SETTRAFFICSPLITRESPONSE']._serialized_start=792
+  _globals['_SETTRAFFICSPLITRESPONSE']._serialized_end=850
+  _globals['_ROLLBACKREQUEST']._serialized_start=852
+  _globals['_ROLLBACKREQUEST']._serialized_end=884
+  _globals['_ROLLBACKRESPONSE']._serialized_start=886
+  _globals['_ROLLBACKRESPONSE']._serialized_end=937
+  _globals['_MODELADMINSERVICE']._serialized_start=940
+  _globals['_MODELADMINSERVICE']._serialized_end=1854
 # @@protoc_insertion_point(module_scope)

@@ -43,6 +43,10 @@ class VaeServiceStub:
     (a decoder-only retrain keeps it, an encoder retrain changes it). Replies that carry latents fill it in; send
     it back with those latents and a version of another space refuses them with FAILED_PRECONDITION instead of
     decoding them into wrong pictures. Latents sent without it are served as before (and counted).
+
+    HTTP/JSON: every RPC also has a `google.api.http` mapping (proto3 JSON bodies), which the server serves itself on
+    --http-port and any standard transcoder (Envoy's gRPC-JSON transcoder, grpc-gateway) can serve in front of it.
+    `/v1/models/{model}:...` names the model in the path; `/v1:...` is the default model (or the body's `model`).
     """
 
     def __init__(self, channel):
@@ -121,6 +125,10 @@ class VaeServiceServicer:
     (a decoder-only retrain keeps it, an encoder retrain changes it). Replies that carry latents fill it in; send
     it back with those latents and a version of another space refuses them with FAILED_PRECONDITION instead of
     decoding them into wrong pictures. Latents sent without it are served as before (and counted).
+
+    HTTP/JSON: every RPC also has a `google.api.http` mapping (proto3 JSON bodies), which the server serves itself on
+    --http-port and any standard transcoder (Envoy's gRPC-JSON transcoder, grpc-gateway) can serve in front of it.
+    `/v1/models/{model}:...` names the model in the path; `/v1:...` is the default model (or the body's `model`).
     """
 
     def ListModels(self, request, context):
@@ -272,6 +280,10 @@ class VaeService:
     (a decoder-only retrain keeps it, an encoder retrain changes it). Replies that carry latents fill it in; send
     it back with those latents and a version of another space refuses them with FAILED_PRECONDITION instead of
     decoding them into wrong pictures. Latents sent without it are served as before (and counted).
+
+    HTTP/JSON: every RPC also has a `google.api.http` mapping (proto3 JSON bodies), which the server serves itself on
+    --http-port and any standard transcoder (Envoy's gRPC-JSON transcoder, grpc-gateway) can serve in front of it.
+    `/v1/models/{model}:...` names the model in the path; `/v1:...` is the default model (or the body's `model`).
     """
 
     @staticmethod
