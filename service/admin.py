@@ -4,6 +4,7 @@ interceptor (service/security.py) lets only admin tokens reach it. Errors map li
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -53,7 +54,8 @@ class AdminServicer:
         return admin_pb2.RepositoryIndexResponse(models=self._models(), default_model=self.registry.default_model)
 
     async def Reload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        changes = await self.reloads.run("admin")
+        # shielded: a caller that gives up (its deadline, Ctrl-C) must not interrupt the reload half-way
+        changes = await self._answer(context, lambda: asyncio.shield(self.reloads.run("admin")))
         return admin_pb2.ReloadResponse(changes=changes, models=self._models())
 
     async def LoadVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

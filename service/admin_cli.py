@@ -1,4 +1,4 @@
-"""`python -m service.cli admin ...`: the admin service from a terminal (docs/operations.md "Updating models").
+"""`python -m service.cli admin ...`: the admin service from a terminal (docs/model-lifecycle.md).
 
 admin index                               every model, its versions and their states, the routing
 admin reload                              re-read the repository now (as SIGHUP does)
@@ -45,13 +45,20 @@ def add_admin_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("model")
 
 
+class AdminArgumentError(ValueError):
+    """An admin command line that cannot be sent; the message names the argument."""
+
+
 def _weights(items: Iterable[str]) -> dict[str, float]:
     weights = {}
     for item in items:
         version, sep, weight = item.partition("=")
-        if not sep:
-            raise SecurityError(f"a split weight is VERSION=WEIGHT, got {item!r}")
-        weights[version] = float(weight)
+        try:
+            if not sep:
+                raise ValueError
+            weights[version] = float(weight)
+        except ValueError:
+            raise AdminArgumentError(f"a split weight is VERSION=WEIGHT (a number), got {item!r}") from None
     return weights
 
 

@@ -332,22 +332,36 @@ def _streaming(series: _Series, handler: Callable[..., AsyncIterator[Any]]) -> C
     return wrapper
 
 
+@dataclass(frozen=True)
+class Instrumented:
+    """One RPC as both fronts serve it (gRPC here, HTTP/JSON in service/http): the handler wrapped in the metrics
+    and the error mapping, and its message types."""
+
+    name: str
+    call: Callable[..., Any]  # (request, context) -> reply, or an async iterator of replies when `streaming`
+    streaming: bool
+    request_type: type[Message]
+    response_type: type[Message]
+
+
+def instrumented(servicer: VaeServicer) -> dict[str, Instrumented]:
+    """Every RPC of `vae.v1.VaeService`, instrumented, by method name."""
+    methods = {}
+    for method in SERVICE.methods:
+        handler = getattr(servicer, method.name)
+        series = _Series(method.name, servicer.metrics)
+        wrap = _streaming if method.server_streaming else _unary
+        methods[method.name] = Instrumented(method.name, wrap(series, handler), method.server_streaming,
+                                            getattr(vae_pb2, method.input_type.name),
+                                            getattr(vae_pb2, method.output_type.name))  # fmt: skip
+    return methods
+
+
 def rpc_handler(servicer: VaeServicer) -> grpc.GenericRpcHandler:
     """Every RPC of `vae.v1.VaeService`, instrumented, with tolerant request deserializers."""
     handlers = {}
-    for method in SERVICE.methods:
-        request_type = getattr(vae_pb2, method.input_type.name)
-        response_type = getattr(vae_pb2, method.output_type.name)
-        handler = getattr(servicer, method.name)
-        series = _Series(method.name, servicer.metrics)
-        if method.server_streaming:
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _streaming(series, handler),
-                request_deserializer=_tolerant(request_type), response_serializer=response_type.SerializeToString,
-            )  # fmt: skip
-        else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(series, handler),
-                request_deserializer=_tolerant(request_type), response_serializer=response_type.SerializeToString,
-            )  # fmt: skip
+    for name, rpc in instrumented(servicer).items():
+        kind = grpc.unary_stream_rpc_method_handler if rpc.streaming else grpc.unary_unary_rpc_method_handler
+        handlers[name] = kind(rpc.call, request_deserializer=_tolerant(rpc.request_type),
+                              response_serializer=rpc.response_type.SerializeToString)  # fmt: skip
     return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from service.admin_cli import add_admin_parser, run_admin
+from service.admin_cli import AdminArgumentError, add_admin_parser, run_admin
 from service.client import Latents, VaeClient, describe_error
 from service.codecs import decode_png
 from service.errors import InvalidArgument
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'image':30} {'elbo':>10} {'recon':>10} {'kl':>8} {'log p(x)':>10}")
                 for path, s in zip(args.images, vae.score(inputs, args.samples, args.seed), strict=True):
                     print(f"{path!s:30} {s.elbo:10.2f} {s.reconstruction:10.2f} {s.kl:8.2f} {s.log_likelihood:10.2f}")
-    except (SecurityError, InputError) as exc:
+    except (SecurityError, InputError, AdminArgumentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:

@@ -56,6 +56,22 @@ class Latents(np.ndarray):
     def __array_finalize__(self, obj: object) -> None:
         self.latent_space = getattr(obj, "latent_space", "")
 
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        """Arithmetic keeps the stamp its operands share; latents of two spaces cannot be combined (the sum would
+        mean nothing to either model, and would carry a stamp that hides it)."""
+        stamps = {x.latent_space for x in (*inputs, *kwargs.get("out", ())) if isinstance(x, Latents)}
+        stamps.discard("")
+        if len(stamps) > 1:
+            raise ValueError(f"latents of different latent spaces cannot be combined: {', '.join(sorted(stamps))}")
+        plain = [np.asarray(x) if isinstance(x, Latents) else x for x in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(np.asarray(x) if isinstance(x, Latents) else x for x in kwargs["out"])
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        stamp = next(iter(stamps), "")
+        if isinstance(result, tuple):
+            return tuple(Latents(r, stamp) if isinstance(r, np.ndarray) else r for r in result)
+        return Latents(result, stamp) if isinstance(result, np.ndarray) and result.dtype == np.float32 else result
+
 
 def stamp_of(value: object) -> str:
     """The latent space a value says it comes from: a `Latents`' stamp, "" for anything else."""

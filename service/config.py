@@ -21,7 +21,7 @@ class Settings:
     model_repository: Path = DEFAULT_REPOSITORY  # folder with <name>.vae.json files and their networks
     # model used when a request names none (empty: the repository's default_model file, else the first by name)
     default_model: str = ""
-    # Model lifecycle (docs/operations.md "Updating models"): the repository is re-read on SIGHUP, every
+    # Model lifecycle (docs/model-lifecycle.md): the repository is re-read on SIGHUP, every
     # repository_poll_s seconds when > 0, and on the admin service's Reload.
     repository_poll_s: float = 0.0  # poll the repository for new, changed or removed versions (0: off)
     unload_grace_s: float = 30.0  # a retired version is unloaded once its requests end, at the latest after this

@@ -24,7 +24,7 @@ from service.backends.base import Backend
 from service.batching import BatchObserver
 from service.latent_health import LatentHealth
 from service.proto_gen.vae.v1 import vae_pb2
-from service.registry.state import ModelEntry, State
+from service.registry.state import ModelEntry, State, routed_default
 from vaecore.repository import ModelSpec
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -270,12 +270,8 @@ class LifecycleMetrics:
             for number in entry.versions:
                 self._metrics.traffic_share.labels(name, number).set(shares.get(number, 0.0))
             self._metrics.split_since.labels(name).set(entry.routing.since if entry.routing.split else 0)
-            self._metrics.test_nll_of(self.default_spec(entry))
+            default = routed_default(entry)
+            self._metrics.test_nll_of(default.spec if default is not None else None)
         for key in [k for k in self._specs if k not in serving]:
             self._metrics.forget_version(self._specs.pop(key))
             self._described.discard(key)
-
-    @staticmethod
-    def default_spec(entry: ModelEntry) -> ModelSpec | None:
-        chosen = entry.versions.get(entry.routing.default)
-        return chosen.spec if chosen is not None else None

@@ -288,7 +288,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         self._on_refused = on_refused
         self._open = frozenset(open_services)
 
-    def _refusal(self, service: str, metadata: Any) -> str | None:
+    def refusal_for(self, service: str, metadata: Any) -> str | None:
+        """Why a call to `service` with this metadata is refused, or None (the HTTP front asks the same)."""
         verifiers = self.verifiers  # read once: a reload swaps the whole set, never half of it
         if service == ADMIN_SERVICE:
             return ADMIN_OFF if verifiers.admins is None else refusal(metadata, verifiers.admins)
@@ -302,7 +303,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         service, name = _split(handler_call_details.method)
-        message = self._refusal(service, handler_call_details.invocation_metadata)
+        message = self.refusal_for(service, handler_call_details.invocation_metadata)
         if message is None:
             return await continuation(handler_call_details)
         if self._on_refused is not None:
@@ -372,7 +373,7 @@ class ServerSecurity:
         self._published: tuple[int, Any] = (0, tls.configuration() if tls else None)
         self._callers, self._admins = tokens
         self._on_reload = on_reload
-        self._reloading = threading.Lock()  # one reload at a time, whichever thread calls it (SIGHUP, admin RPC)
+        self._reloading = threading.Lock()  # one reload at a time, whichever thread calls it
         self._interceptor = None if tokens == (None, None) else BearerTokenInterceptor(_verifiers(*tokens), on_refused)
 
     @classmethod

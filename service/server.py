@@ -265,6 +265,13 @@ def _model_registry(settings: Settings, backend: Backend, metrics: ServiceMetric
                          lifecycle=LifecycleMetrics(metrics), refused=verdict.refused)  # fmt: skip
 
 
+def listen_for_sighup(running: RunningServer, early: asyncio.Event) -> None:
+    """SIGHUP reloads from now on; one received while starting (`early`) reloads now."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.reloads.on_sighup)
+    if early.is_set():
+        running.reloads.on_sighup()
+
+
 def freeze_start_up_objects(settings: Settings) -> None:
     """With `gc_freeze`, move every object alive now (models, modules, protobuf descriptors, grpc and asyncio
     internals) to the GC's permanent generation, after a collection so that no garbage is kept. Python's full
@@ -278,14 +285,17 @@ def freeze_start_up_objects(settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads (one that arrives while the models
+    load is held and handled once the server serves: its default action would end the process)."""
+    loop = asyncio.get_running_loop()
+    early_sighup = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, early_sighup.set)
     running = await start_server(settings)
     freeze_start_up_objects(settings)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, running.reloads.on_sighup)
+    listen_for_sighup(running, early_sighup)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests (grace %.1fs)", settings.shutdown_grace_s)
     await running.stop(settings.shutdown_grace_s)

@@ -42,7 +42,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from service.config import Settings
 from service.registry.control import CONTROL_DIR_ENV, SUPERVISOR_PID_ENV
 from service.worker_metrics import WorkersCollector, WorkerView
-from service.workers import STOP_SIGNALS, Ready, run_worker, worker_settings
+from service.workers import HELD_AT_START, STOP_SIGNALS, Ready, run_worker, worker_settings
 
 log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -165,7 +165,7 @@ class Supervisor:
         process = self._context.Process(target=run_worker, args=(self._child_settings, index, send),
                                         name=f"vae-worker-{index}")  # fmt: skip
         # started with the stop signals blocked (the mask survives exec): see service/workers.py
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
         try:
             process.start()
         finally:
@@ -213,7 +213,7 @@ class Supervisor:
         log.error("worker %d (pid %s) exited unexpectedly (%s); restarting it in %.0f s", worker.index, pid, how, delay)
 
     def _forward_sighup(self) -> None:
-        """Every worker that serves reloads; one still starting reads the repository as it is anyway."""
+        """Every worker that serves reloads; one still starting reloads once it serves (service/workers.py)."""
         if self._stopping:
             return
         for worker in self._workers.values():

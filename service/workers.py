@@ -2,9 +2,10 @@
 
 It binds the port the supervisor reserved (SO_REUSEPORT: the kernel spreads new connections over the workers),
 exposes its own registry on a loopback port for the supervisor's /metrics, and drains gracefully on SIGTERM.
-The supervisor starts it with SIGTERM and SIGINT blocked, so a stop that arrives while torch and the models load
-waits until the event loop can handle it instead of killing the process half-started. SIGINT is ignored: a
-terminal's Ctrl-C reaches the whole process group, and the supervisor alone decides (it forwards SIGTERM).
+The supervisor starts it with SIGTERM, SIGINT and SIGHUP blocked, so a stop (or a reload) that arrives while torch
+and the models load waits until the event loop can handle it instead of killing the process half-started. SIGINT
+is ignored: a terminal's Ctrl-C reaches the whole process group, and the supervisor alone decides (it forwards
+SIGTERM).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vaecore.repository import RepositoryError
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+HELD_AT_START = STOP_SIGNALS | {signal.SIGHUP}  # blocked while a worker starts (SIGHUP's default action would kill it)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -62,14 +64,18 @@ def run_worker(settings: Settings, index: int, ready: Connection) -> None:
 
 
 async def _serve(settings: Settings, index: int, ready: Connection) -> None:
-    from service.server import freeze_start_up_objects, start_server  # here: the supervisor imports this module
+    from service.server import freeze_start_up_objects, listen_for_sighup, start_server  # the supervisor imports us
 
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    stop, early_sighup = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, early_sighup.set)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a SIGTERM kept while loading is delivered now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_START)  # a SIGTERM or SIGHUP kept while loading: delivered now
     running = await start_server(settings)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.reloads.on_sighup)
+    listen_for_sighup(running, early_sighup)
+    if not early_sighup.is_set():  # a change another worker made while this one loaded (it read the record early)
+        running.registry.reload_soon()
     freeze_start_up_objects(settings)
     ready.send(Ready(index, os.getpid(), running.port, running.metrics_port))
     ready.close()

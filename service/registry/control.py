@@ -5,8 +5,11 @@ unloaded versions here, and signals the supervisor, which sends SIGHUP to every 
 repository and this record on its reload and converges on the same state (a worker restarted later starts from it
 too). One process alone keeps the record in memory.
 
-A record is tied to the repository default it was made against (`repository_default`): exporting a new default
-version supersedes an operator's earlier routing, in every worker alike.
+A record holds the model's whole operator state: its routing, the routings before it (so Rollback means the same
+on every worker) and the versions an operator unloaded. A worker brings itself up to date with the record before it
+makes a change (service/registry/changes.py), so one worker's change never reverts another's that it had not yet
+applied. A record is tied to the repository default it was made against (`repository_default`): exporting a new
+default version supersedes an operator's earlier routing, in every worker alike.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 CONTROL_DIR_ENV = "VAE_CONTROL_DIR"  # set by the supervisor for its workers
@@ -27,20 +31,27 @@ SUPERVISOR_PID_ENV = "VAE_SUPERVISOR_PID"
 CONTROL_FILE = "control.json"
 
 
+Split = tuple[tuple[str, float], ...]
+
+
+def _split(items: Any) -> Split:
+    return tuple((str(v), float(w)) for v, w in items)
+
+
 @dataclass(frozen=True)
 class ModelControl:
     repository_default: str
     default: str
-    split: tuple[tuple[str, float], ...] = ()
+    split: Split = ()
     since: float = 0.0
     unloaded: tuple[str, ...] = field(default=())
+    history: tuple[tuple[str, Split], ...] = ()  # earlier routings, oldest first: (default, split)
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> ModelControl:
-        split = tuple((str(v), float(w)) for v, w in data.get("split", []))  # type: ignore[attr-defined]
-        unloaded = tuple(str(v) for v in data.get("unloaded", []))  # type: ignore[attr-defined]
-        return cls(str(data["repository_default"]), str(data["default"]), split, float(data.get("since", 0.0)),  # type: ignore[arg-type]
-                   unloaded)  # fmt: skip
+    def from_json(cls, data: dict[str, Any]) -> ModelControl:
+        history = tuple((str(default), _split(split)) for default, split in data.get("history", []))
+        return cls(str(data["repository_default"]), str(data["default"]), _split(data.get("split", [])),
+                   float(data.get("since", 0.0)), tuple(str(v) for v in data.get("unloaded", [])), history)  # fmt: skip
 
 
 class ControlStore:

@@ -7,6 +7,7 @@ and raises `LoadFailed` with one line saying why; what was serving is never touc
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from service.batching import BatchFunction, BatchObserver, DynamicBatcher
 from service.integrity import check_files
 from vaecore.repository import ModelSpec
 
+log = logging.getLogger(__name__)
 NETWORKS = ("encoder", "decoder")
 
 
@@ -83,19 +85,32 @@ def start_batchers(
 async def make_servable(
     spec: ModelSpec, backend: Backend, limits: LoadLimits, calls: BatchFunctions, observer: Observers
 ) -> dict[str, DynamicBatcher]:
-    """The batchers of a version that is loaded, warm and checked; `LoadFailed` (and nothing loaded) otherwise."""
-    await asyncio.to_thread(verify_files, spec, limits.files_required)
+    """The batchers of a version that is loaded, warm and checked; `LoadFailed` (and nothing left loaded)
+    otherwise. Cancelled (a reload its caller gave up on, a shutdown), it unloads what it loaded and re-raises."""
     try:
+        await asyncio.to_thread(verify_files, spec, limits.files_required)
         async with asyncio.timeout(limits.timeout_s):
             await backend.load(spec)
             await warm_up(backend, spec, limits.max_batch_size)
     except LoadFailed:
-        await backend.unload(spec)
+        await _unload_quietly(backend, spec)
         raise
     except TimeoutError:
-        await backend.unload(spec)
+        await _unload_quietly(backend, spec)
         raise LoadFailed(f"{spec.key}: not loaded and warmed up within {limits.timeout_s:g} s") from None
+    except asyncio.CancelledError:
+        await asyncio.shield(_unload_quietly(backend, spec))
+        raise
     except Exception as exc:  # the backend's reason, whatever it is: one line
-        await backend.unload(spec)
+        await _unload_quietly(backend, spec)
         raise LoadFailed(f"{spec.key}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     return start_batchers(spec, limits, calls, observer)
+
+
+async def _unload_quietly(backend: Backend, spec: ModelSpec) -> None:
+    """Take back a half-made version; a failure here (Triton gone, say) is logged, never raised over the reason
+    the load failed."""
+    try:
+        await backend.unload(spec)
+    except Exception as exc:
+        log.warning("%s: could not unload what its failed load left in the backend: %s", spec.key, exc)

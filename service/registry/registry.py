@@ -1,18 +1,21 @@
-"""`ModelRegistry`: the versions this process serves, the leases requests hold on them, and every change to them.
+"""`ModelRegistry`: the versions this process serves, the leases requests hold on them, and the reloads that bring
+them in line with the repository. The operators' changes (admin service) are in service/registry/changes.py.
 
 Requests: `lease(model, version, stamps)` routes a request (service/registry/routing.py) and counts it in flight
 on that version until its reply is done, so a version being retired finishes what it holds.
 
-Changes (`reload`, and the admin operations), one at a time under a lock:
+Changes run one at a time under a lock:
 - new versions load in the background (service/registry/loading.py) while everything else keeps serving;
 - the switch to a new default is one assignment, made only once the new version is READY;
 - a version that leaves (removed from the repository, or unloaded by an operator) DRAINS: no new requests, the
-  ones in flight finish, then it is unloaded (at the latest after `unload_grace_s`);
+  ones in flight finish, then it is unloaded (at the latest after `unload_grace_s`), whatever the unload does;
 - a load that fails leaves what is serving untouched: the version is FAILED with the reason (one log line, a
   metric, its health NOT_SERVING), and it is retried only when its files change or an operator asks, so it never
-  blocks later changes;
+  blocks later changes; a load that is interrupted (a reload its caller gave up on) leaves nothing half-made;
+- a version that cannot load because the backend is down (Triton starting after the service) waits for it;
 - a version whose files change in place under the same number is refused (versions are immutable: export a new
   one) and keeps serving as it was loaded.
+Versions listed in the repository stay loaded; `python -m training versions --remove` retires one.
 """
 
 from __future__ import annotations
@@ -20,24 +23,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.backends.base import Backend
 from service.batching import DynamicBatcher
-from service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from service.registry.control import ControlStore, ModelControl, tell_other_workers
+from service.errors import FailedPrecondition, NotFound, Unavailable
+from service.registry.changes import OperatorChanges, describe_routing
+from service.registry.control import ControlStore, ModelControl
 from service.registry.loading import BatchFunctions, LoadFailed, LoadLimits, Observers, make_servable
 from service.registry.routing import route
-from service.registry.state import ModelEntry, Routing, State, Version
+from service.registry.state import ModelEntry, Routing, State, Version, routed_default
 from vaecore.repository import ModelSpec, ModelVersions, RepositoryError, metadata_files, parse_versions
 
 log = logging.getLogger(__name__)
 BACKEND_RETRY_S = 0.5  # how often a version waiting for a down backend checks whether it is up
+CHANGED_IN_PLACE = "versions are immutable: export the change as a new version (export --version N)"
 
 
 class Lifecycle(Protocol):
@@ -81,7 +85,14 @@ def read_repository(directory: Path) -> Snapshot:
     return Snapshot(models, broken)
 
 
-class ModelRegistry:
+def unloaded_by_operators(control: ModelControl | None, repository_default: str) -> set[str]:
+    """The versions the record keeps unloaded, while it holds (made against this repository default)."""
+    if control is None or control.repository_default != repository_default:
+        return set()
+    return set(control.unloaded)
+
+
+class ModelRegistry(OperatorChanges):
     def __init__(
         self,
         backend: Backend,
@@ -111,32 +122,35 @@ class ModelRegistry:
         self._reported_broken: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._drains: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()  # retries while the backend is down, reloads after drains
 
     # --- start and stop ------------------------------------------------------------------------------------
 
     async def start(self, models: Mapping[str, ModelVersions]) -> None:
         """Load every version of `models` (already checked by the start-up integrity verdict); a default version
-        that cannot load stops the start, as before versions existed; another version that cannot is FAILED."""
+        that cannot load stops the start, as before versions existed; another version that cannot is FAILED; one
+        the backend cannot take yet (it is down) loads once it is up."""
         async with self._lock:
             control = self._control.read()
             for name, model in sorted(models.items()):
                 entry = ModelEntry(name, Routing(model.default_version), model.default_version)
-                entry.unloaded = _unloaded(control.get(name), model.default_version)
+                entry.unloaded = unloaded_by_operators(control.get(name), model.default_version)
+                entry.unloaded.discard(model.default_version)
                 self._listed[name] = model
                 for version in sorted(model.versions, key=int):
-                    if version in entry.unloaded and version != model.default_version:
-                        continue
-                    await self._load(entry, model.versions[version])
+                    if version not in entry.unloaded:
+                        await self._load(entry, model.versions[version])
                 if entry.versions[model.default_version].state is State.FAILED:
                     raise Unavailable(entry.versions[model.default_version].message)
-                self.entries[name] = entry  # served, or waiting for the backend (Triton not up yet)
+                self.entries[name] = entry
                 self._apply_control(entry, control.get(name))
             self._lifecycle.changed(self.entries)
 
     async def close(self) -> None:
-        for task in list(self._drains):
+        tasks = [*self._drains, *self._background]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._drains, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for entry in self.entries.values():
             for version in entry.versions.values():
                 await _close_batchers(version)
@@ -173,7 +187,8 @@ class ModelRegistry:
         return {name: self.default_spec(entry) for name, entry in sorted(self.entries.items())}
 
     def default_spec(self, entry: ModelEntry) -> ModelSpec:
-        chosen = entry.versions.get(entry.routing.default)
+        """The routing's default version, else any that serves, else any (a model whose versions all failed)."""
+        chosen = routed_default(entry)
         if chosen is None or chosen.state is not State.READY:
             chosen = next(iter(entry.ready().values()), None) or next(iter(entry.versions.values()))
         return chosen.spec
@@ -194,14 +209,30 @@ class ModelRegistry:
             changes = self._report_broken(snapshot.broken)
             control = self._control.read()
             for name, model in sorted(snapshot.models.items()):
+                self._listed[name] = model
                 changes += await self._reconcile(name, model, control.get(name))
             for name in sorted(set(self.entries) - set(snapshot.models) - set(snapshot.broken)):
                 changes += self._remove_model(name)
-            self._listed = {**{n: m for n, m in self._listed.items() if n in snapshot.broken}, **snapshot.models}
+            self._listed = {n: m for n, m in self._listed.items() if n in snapshot.models or n in snapshot.broken}
             self._lifecycle.changed(self.entries)
         for line in changes:
             log.info("reload: %s", line)
         return changes
+
+    def reload_soon(self) -> None:
+        """A reload in the background (after a drain: what changed while it ran is applied then)."""
+        self._spawn(self._quiet_reload())
+
+    async def _quiet_reload(self) -> None:
+        try:
+            await self.reload()
+        except Exception:  # a background reload must never take the server down
+            log.exception("background reload failed")
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _report_broken(self, broken: Mapping[str, str]) -> list[str]:
         fresh = {name: why for name, why in broken.items() if self._reported_broken.get(name) != why}
@@ -210,32 +241,37 @@ class ModelRegistry:
         self._reported_broken = dict(broken)
         return [f"{name}: metadata unreadable, unchanged ({why})" for name, why in fresh.items()]
 
-    async def _reconcile(self, name: str, model: ModelVersions, control: ModelControl | None) -> list[str]:
-        entry = self.entries.get(name) or ModelEntry(name, Routing(model.default_version), model.default_version)
-        unloaded = entry.unloaded = _unloaded(control, model.default_version)
-        changes = []
-        loads = []
+    def _to_load(self, entry: ModelEntry, model: ModelVersions) -> tuple[list[ModelSpec], list[str]]:
+        """The versions of `model` to load now (new, unloaded, or failed with other files), and the changes
+        refused because a version changed in place."""
+        loads, refused = [], []
         for version, spec in sorted(model.versions.items(), key=lambda item: int(item[0])):
             current = entry.versions.get(version)
-            if version in unloaded:
+            if version in entry.unloaded:
                 continue
             if current is None or current.state is State.UNLOADED:
                 loads.append(spec)
             elif current.fingerprint != fingerprint(spec):
                 if current.state is State.FAILED:
                     loads.append(spec)
-                elif current.message != _CHANGED_IN_PLACE:
-                    current.message = _CHANGED_IN_PLACE
-                    log.error("%s: its files or metadata changed in place; %s", spec.key, _CHANGED_IN_PLACE)
+                elif current.message != CHANGED_IN_PLACE and current.state is not State.DRAINING:
+                    current.message = CHANGED_IN_PLACE
+                    log.error("%s: its files or metadata changed in place; %s", spec.key, CHANGED_IN_PLACE)
                     self._lifecycle.load_finished(spec, 0.0, ok=False)
-                    changes.append(f"{spec.key}: refused, changed in place (still serving as loaded)")
+                    refused.append(f"{spec.key}: refused, changed in place (still serving as loaded)")
+        return loads, refused
+
+    async def _reconcile(self, name: str, model: ModelVersions, control: ModelControl | None) -> list[str]:
+        entry = self.entries.get(name) or ModelEntry(name, Routing(model.default_version), model.default_version)
+        entry.unloaded = unloaded_by_operators(control, entry.repository_default)
+        loads, changes = self._to_load(entry, model)
         results = await asyncio.gather(*(self._load(entry, spec) for spec in loads))
         changes += [line for line in results if line]
-        if name not in self.entries and entry.ready():
+        if name not in self.entries and entry.versions:  # a new model: listed with its states, served once ready
             self.entries[name] = entry
-            changes.append(f"{name}: now served")
+            changes.append(f"{name}: now listed")
         changes += self._reroute(entry, model, control)
-        gone = [v for v in entry.versions if v not in model.versions or v in unloaded]
+        gone = [v for v in entry.versions if v not in model.versions or v in entry.unloaded]
         for version in gone:
             changes += self._retire(entry, version, still_listed=version in model.versions)
         return changes
@@ -254,13 +290,18 @@ class ModelRegistry:
         return self._apply_control(entry, control)
 
     def _apply_control(self, entry: ModelEntry, control: ModelControl | None) -> list[str]:
+        """The operators' routing and its history as recorded (assigned, not pushed: Rollback must mean the same
+        on every worker), once its versions serve here."""
         if control is None or control.repository_default != entry.repository_default:
             return []
         wanted = Routing(control.default, control.split, control.since)
-        if wanted == entry.routing or not all(v in entry.ready() for v in wanted.versions()):
+        if not all(v in entry.ready() for v in wanted.versions()):
             return []
-        entry.route_to(wanted)
-        return [f"{entry.name}: routing {_describe(wanted)} (an operator's change)"]
+        entry.history = [Routing(default, split) for default, split in control.history]
+        if wanted == entry.routing:
+            return []
+        entry.routing = wanted
+        return [f"{entry.name}: routing {describe_routing(wanted)} (an operator's change)"]
 
     def _remove_model(self, name: str) -> list[str]:
         if name == self.default_model:
@@ -269,14 +310,15 @@ class ModelRegistry:
         entry = self.entries[name]
         lines = []
         for version in list(entry.versions):
-            lines += self._retire(entry, version, still_listed=False)
+            lines += self._retire(entry, version, still_listed=False, force=True)
         return lines or [f"{name}: removed"]
 
     # --- one version --------------------------------------------------------------------------------------
 
     async def _load(self, entry: ModelEntry, spec: ModelSpec) -> str:
+        """Make one version servable (LOADING -> READY or FAILED); whatever happens it does not stay LOADING,
+        unless it waits for a down backend."""
         version = Version(spec, State.LOADING, fingerprint(spec), "loading")
-        previous = entry.versions.get(spec.version)
         entry.versions[spec.version] = version
         self._lifecycle.changed(self.entries)
         started = time.monotonic()
@@ -285,61 +327,64 @@ class ModelRegistry:
         except LoadFailed as exc:
             if not self.backend.ready():  # the backend is down, not the version broken: load it once it is up
                 version.message = f"waiting for the backend ({exc})"
-                self._retry_when_ready(entry, spec)
+                self._spawn(self._when_backend_ready(entry, spec))
                 return f"{spec.key}: waiting for the backend to load it"
-            version.state, version.message = State.FAILED, str(exc)
-            if previous is not None and previous.state is State.READY:  # a failed rebuild never replaces one serving
-                entry.versions[spec.version] = previous
-            log.error("%s failed to load, nothing else changed: %s", spec.key, exc)
-            self._lifecycle.load_finished(spec, time.monotonic() - started, ok=False)
-            return f"{spec.key}: failed to load ({exc})"
+            return self._failed(version, str(exc), started)
+        except asyncio.CancelledError:
+            self._failed(version, "its load was interrupted (retried at the next reload)", started, retry=True)
+            raise
         version.state, version.message = State.READY, ""
         seconds = time.monotonic() - started
         self._lifecycle.load_finished(spec, seconds, ok=True)
         log.info("%s loaded and warmed up in %.2f s (latent space %s)", spec.key, seconds, spec.latent_space or "-")
         return f"{spec.key}: loaded in {seconds:.2f} s"
 
-    def _retry_when_ready(self, entry: ModelEntry, spec: ModelSpec) -> None:
-        """Load a version that could not be loaded because the backend was down (Triton starting after the
-        service, say) as soon as the backend is ready; the version stays LOADING meanwhile (requests for it get
-        UNAVAILABLE, which clients retry)."""
+    def _failed(self, version: Version, why: str, started: float, retry: bool = False) -> str:
+        """FAILED with the reason; a reload retries it when its files change, or (`retry`: it was interrupted,
+        not refused) at the next reload."""
+        version.state, version.message = State.FAILED, why
+        if retry:
+            version.fingerprint = ""
+        log.error("%s failed to load, nothing else changed: %s", version.spec.key, why)
+        self._lifecycle.load_finished(version.spec, time.monotonic() - started, ok=False)
+        return f"{version.spec.key}: failed to load ({why})"
 
-        async def retry() -> None:
-            while True:
-                await asyncio.sleep(BACKEND_RETRY_S)
-                if not self.backend.ready():
-                    continue
-                async with self._lock:
-                    current = entry.versions.get(spec.version)
-                    if (
-                        current is None
-                        or current.state is not State.LOADING
-                        or current.fingerprint != fingerprint(spec)
-                    ):
-                        return  # superseded by a reload
-                    await self._load(entry, spec)
-                    if entry.versions[spec.version].state is State.LOADING:
-                        return  # still down: `_load` scheduled the next try
-                    if entry.ready() and entry.name not in self.entries:
-                        self.entries[entry.name] = entry
-                    self._lifecycle.changed(self.entries)
-                    return
+    async def _when_backend_ready(self, entry: ModelEntry, spec: ModelSpec) -> None:
+        """Load a version the backend could not take because it was down, as soon as it is ready; the version
+        stays LOADING meanwhile (requests for it get UNAVAILABLE, which clients retry). Once it serves, the routing
+        follows the repository and the operators' record as a reload would."""
+        while True:
+            await asyncio.sleep(BACKEND_RETRY_S)
+            if not self.backend.ready():
+                continue
+            async with self._lock:
+                current = entry.versions.get(spec.version)
+                if current is None or current.state is not State.LOADING or current.fingerprint != fingerprint(spec):
+                    return  # superseded by a reload
+                await self._load(entry, spec)
+                if entry.versions[spec.version].state is State.LOADING:
+                    return  # down again: `_load` scheduled the next try
+                listed = self._listed.get(entry.name)
+                if listed is not None:
+                    self._reroute(entry, listed, self._control.read().get(entry.name))
+                self._lifecycle.changed(self.entries)
+                return
 
-        task = asyncio.get_running_loop().create_task(retry())
-        self._drains.add(task)
-        task.add_done_callback(self._drains.discard)
-
-    def _retire(self, entry: ModelEntry, version: str, still_listed: bool) -> list[str]:
-        """Stop routing new requests to `version` and drain it in the background."""
+    def _retire(self, entry: ModelEntry, version: str, still_listed: bool, force: bool = False) -> list[str]:
+        """Stop routing new requests to `version` and drain it in the background (`force`: even the only version
+        serving, when its model left the repository)."""
         served = entry.versions[version]
         if served.state in (State.DRAINING, State.UNLOADED):
             return []
         if version in entry.routing.versions():
             remaining = [v for v in entry.ready() if v != version]
-            if not remaining:
+            if remaining:
+                fallback = (
+                    entry.repository_default if entry.repository_default in remaining else max(remaining, key=int)
+                )
+                entry.route_to(Routing(fallback))
+            elif not force:
                 return [f"{entry.name}:{version}: removed, but it is the only version serving: kept"]
-            fallback = entry.repository_default if entry.repository_default in remaining else max(remaining, key=int)
-            entry.route_to(Routing(fallback))
         if served.state is State.FAILED:
             self._forget(entry, version, still_listed)
             return [f"{entry.name}:{version}: dropped (it had failed)"]
@@ -350,17 +395,25 @@ class ModelRegistry:
         return [f"{entry.name}:{version}: draining ({served.in_flight} in flight)"]
 
     async def _drain(self, entry: ModelEntry, served: Version, still_listed: bool) -> None:
+        """Wait for its requests (at most the grace), then unload it, whatever the backend's unload does: it never
+        stays DRAINING. A reload follows, to apply whatever changed meanwhile (a load of it again, say)."""
         try:
             await asyncio.wait_for(served.idle.wait(), self.unload_grace_s)
         except TimeoutError:
             log.warning("%s: %d requests still in flight after the %.0f s grace; unloading anyway",
                         served.spec.key, served.in_flight, self.unload_grace_s)  # fmt: skip
-        await _close_batchers(served)
-        await self.backend.unload(served.spec)
-        self._forget(entry, served.version, still_listed)
-        served.unloaded.set()
-        log.info("%s unloaded", served.spec.key)
-        self._lifecycle.changed(self.entries)
+        try:
+            await _close_batchers(served)
+            await self.backend.unload(served.spec)
+            log.info("%s unloaded", served.spec.key)
+        except Exception as exc:
+            log.error("%s: its unload failed (%s); it serves no more requests here", served.spec.key, exc)
+        finally:
+            if entry.versions.get(served.version) is served:
+                self._forget(entry, served.version, still_listed)
+            served.unloaded.set()
+            self._lifecycle.changed(self.entries)
+            self.reload_soon()
 
     def _forget(self, entry: ModelEntry, version: str, still_listed: bool) -> None:
         if still_listed:
@@ -375,115 +428,6 @@ class ModelRegistry:
         """Wait for every drain under way (tests, shutdown)."""
         while self._drains:
             await asyncio.gather(*list(self._drains), return_exceptions=True)
-
-    # --- the admin operations -----------------------------------------------------------------------------
-
-    async def load_version(self, name: str, version: str) -> ModelEntry:
-        async with self._lock:
-            entry, spec = self._listed_version(name, version)
-            entry.unloaded.discard(version)
-            current = entry.versions.get(version)
-            if current is not None and current.state is State.DRAINING:  # load it again once it is out
-                await current.unloaded.wait()
-                current = entry.versions.get(version)
-            if current is None or current.state in (State.FAILED, State.UNLOADED):
-                await self._load(entry, spec)
-            self._record(entry)
-            if entry.versions[version].state is State.FAILED:
-                raise FailedPrecondition(entry.versions[version].message)
-            return entry
-
-    async def unload_version(self, name: str, version: str) -> ModelEntry:
-        async with self._lock:
-            entry, _ = self._listed_version(name, version)
-            if version in entry.routing.versions():
-                raise FailedPrecondition(
-                    f"version {version} of {name!r} takes unpinned traffic ({_describe(entry.routing)}): route it "
-                    "elsewhere first (SetDefaultVersion, SetTrafficSplit)"
-                )
-            entry.unloaded.add(version)
-            if version in entry.versions:
-                self._retire(entry, version, still_listed=True)
-            self._record(entry)
-            return entry
-
-    async def set_default(self, name: str, version: str) -> ModelEntry:
-        async with self._lock:
-            entry = self._serving_entry(name, [version], "model_version")
-            entry.route_to(Routing(version))
-            self._record(entry)
-            return entry
-
-    async def set_split(self, name: str, weights: Mapping[str, float]) -> ModelEntry:
-        async with self._lock:
-            if not weights:
-                entry = self.entry(name)
-                entry.route_to(Routing(entry.routing.default))
-                self._record(entry)
-                return entry
-            for version, weight in weights.items():
-                if not (math.isfinite(weight) and weight >= 0):
-                    raise InvalidArgument(f"weights[{version[:32]}]", f"must be a finite number >= 0, got {weight}")
-            if sum(weights.values()) <= 0:
-                raise InvalidArgument("weights", "at least one weight must be > 0")
-            entry = self._serving_entry(name, list(weights), "weights")
-            split = tuple((v, float(w)) for v, w in sorted(weights.items(), key=lambda item: int(item[0])) if w > 0)
-            entry.route_to(Routing(entry.routing.default, split))
-            self._record(entry)
-            return entry
-
-    async def rollback(self, name: str) -> ModelEntry:
-        async with self._lock:
-            entry = self.entry(name)
-            while entry.history:
-                previous = entry.history.pop()
-                if all(v in entry.ready() for v in previous.versions()):
-                    entry.routing = Routing(previous.default, previous.split)
-                    self._record(entry)
-                    return entry
-            raise FailedPrecondition(f"model {name!r} has no earlier routing to roll back to")
-
-    def _listed_version(self, name: str, version: str) -> tuple[ModelEntry, ModelSpec]:
-        entry = self.entry(name)
-        listed = self._listed.get(entry.name)
-        if listed is None or version not in listed.versions:
-            have = ", ".join(sorted(listed.versions, key=int)) if listed else "none"
-            raise NotFound(f"model {entry.name!r} has no version {version[:32]!r} in the repository (it has {have})")
-        return entry, listed.versions[version]
-
-    def _serving_entry(self, name: str, versions: list[str], field: str) -> ModelEntry:
-        entry = self.entry(name)
-        for version in versions:
-            state = entry.versions[version].state.value if version in entry.versions else "not loaded"
-            if version not in entry.ready():
-                raise FailedPrecondition(
-                    f"{field}: version {version[:32]} of {entry.name!r} is {state}; serving: "
-                    f"{', '.join(sorted(entry.ready(), key=int)) or 'none'}"
-                )
-        return entry
-
-    def _record(self, entry: ModelEntry) -> None:
-        """Keep the operators' change for every worker, and tell them."""
-        routing = entry.routing
-        self._control.update(entry.name, ModelControl(entry.repository_default, routing.default, routing.split,
-                                                      routing.since, tuple(sorted(entry.unloaded))))  # fmt: skip
-        self._lifecycle.changed(self.entries)
-        tell_other_workers()
-
-
-_CHANGED_IN_PLACE = "versions are immutable: export the change as a new version (export --version N)"
-
-
-def _unloaded(control: ModelControl | None, repository_default: str) -> set[str]:
-    if control is None or control.repository_default != repository_default:
-        return set()
-    return set(control.unloaded)
-
-
-def _describe(routing: Routing) -> str:
-    if not routing.split:
-        return f"default {routing.default}"
-    return "split " + ", ".join(f"{v}: {share:.0%}" for v, share in routing.shares().items())
 
 
 async def _close_batchers(version: Version) -> None:

@@ -92,3 +92,8 @@ class ModelEntry:
             self.history.append(self.routing)
             del self.history[:-32]
             self.routing = routing
+
+
+def routed_default(entry: ModelEntry) -> Version | None:
+    """The version the routing names as the default, if this process has it."""
+    return entry.versions.get(entry.routing.default)
