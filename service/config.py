@@ -18,6 +18,8 @@ class Settings:
     port: int = 50051  # gRPC port (0 picks a free one)
     metrics_host: str = ""  # interface /metrics binds (empty: the same as --host)
     metrics_port: int = 8000  # Prometheus /metrics HTTP port (0 picks a free one, -1 disables)
+    http_port: int = -1  # HTTP/JSON for every RPC, the explorer page and /openapi.json (0 picks a free one, -1: off)
+    http_host: str = ""  # interface the HTTP port binds (empty: the same as --host)
     model_repository: Path = DEFAULT_REPOSITORY  # folder with <name>.vae.json files and their networks
     # model used when a request names none (empty: the repository's default_model file, else the first by name)
     default_model: str = ""

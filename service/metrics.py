@@ -37,6 +37,7 @@ STAMPED_METHODS = ("Decode", "Interpolate", "Arithmetic")  # the RPCs that take 
 NETWORKS = ("encoder", "decoder")
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 RELOAD_TRIGGERS = ("start", "sighup", "poll", "admin")
+HTTP_STATUSES = ("200", "400", "401", "404", "429", "499", "500", "503", "504")  # service/http/transcode.py
 
 
 class ServiceMetrics:
@@ -49,6 +50,9 @@ class ServiceMetrics:
         # in flight and queued: what every live worker holds adds up; a dead worker holds nothing ("live" drops it)
         self.in_flight = Gauge("vae_requests_in_flight", "RPCs being served", ["method"], registry=registry,
                                multiprocess_mode="livesum")  # fmt: skip
+        # the HTTP/JSON front's answers by HTTP status (each is also in vae_requests_total, with its gRPC code)
+        self.http_responses = Counter("vae_http_responses", "HTTP/JSON answers, by method and HTTP status",
+                                      ["method", "status"], registry=registry)  # fmt: skip
         self.items = Counter("vae_items_processed", "images or latents produced or consumed, by method",
                              ["method"], registry=registry)  # fmt: skip
         batching = ["model", "version", "network"]  # each version has batchers of its own
@@ -117,6 +121,8 @@ class ServiceMetrics:
 
     def _zero_rpc_series(self) -> None:
         for method in METHODS:
+            for status in HTTP_STATUSES:
+                self.http_responses.labels(method, status)
             for code in grpc.StatusCode:
                 self.requests.labels(method, code.name)
             self.latency.labels(method)

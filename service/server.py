@@ -20,9 +20,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from service.admin import ADMIN_SERVICE_NAME, AdminServicer
-from service.api import VaeServicer, rpc_handler
+from service.api import VaeServicer, instrumented, rpc_handler
 from service.backends.base import Backend
 from service.config import Settings
+from service.http.server import EXPLORER, OPENAPI, HttpFront
 from service.integrity import Verdict, health_name, servable, version_health_name
 from service.loop_monitor import LoopMonitor
 from service.metrics import METHODS, InstrumentedBackend, LifecycleMetrics, ServiceMetrics
@@ -113,10 +114,15 @@ class RunningServer:
     _health_task: asyncio.Task[None]
     _loop_monitor: LoopMonitor
     reloads: Reloads
+    http: HttpFront | None = None
 
     @property
     def registry(self) -> ModelRegistry:
         return self.operations.registry
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     async def reload(self, trigger: str = "sighup") -> list[str]:
         """Re-read the repository (and, on SIGHUP, the TLS and token files): service/registry/triggers.py."""
@@ -126,6 +132,8 @@ class RunningServer:
         """Stop accepting RPCs, let in-flight ones finish within the grace period, then release everything."""
         await self.health.enter_graceful_shutdown()
         await self.reloads.stop()
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(grace_s)
         self._health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -233,7 +241,8 @@ async def start_server(
     metrics.describe_models(models, settings.backend, settings.max_queue, settings.latent_health)
     model_registry = _model_registry(settings, instrumented, metrics, verdict)
     operations = VaeOperations(model_registry, limits, metrics.latent_health)
-    reloads = Reloads(model_registry, metrics.reloads, settings.repository_poll_s, security.reload)
+    fronts: list[HttpFront] = []  # the HTTP front, once it exists: its TLS files reload with gRPC's
+    reloads = Reloads(model_registry, metrics.reloads, settings.repository_poll_s, _credentials(security, fronts))
     admin = AdminServicer(model_registry, reloads, settings.backend) if settings.admin_token_file else None
     servicer = VaeServicer(operations, settings, metrics)
     server, health_servicer, port = await _grpc_server(settings, servicer, security, verdict, admin)
@@ -247,11 +256,39 @@ async def start_server(
     loop_monitor.start()
     metrics_http, metrics_port = _metrics_endpoint(settings, metrics)
     await server.start()
+    fronts += await _http_front(settings, servicer, admin, security, metrics)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)  # liveness: the server answers
-    log.info("serving %s on port %d (%s; backend %s, metrics port %s)", ", ".join(models), port, security.describe(),
-             settings.backend, metrics_port)  # fmt: skip
+    log.info("serving %s on port %d (%s; backend %s, metrics port %s, HTTP port %s)", ", ".join(models), port,
+             security.describe(), settings.backend, metrics_port, fronts[0].port if fronts else None)  # fmt: skip
     return RunningServer(server, port, metrics_port, operations, health_servicer, metrics, metrics_http, health_task,
-                         loop_monitor, reloads)  # fmt: skip
+                         loop_monitor, reloads, fronts[0] if fronts else None)  # fmt: skip
+
+
+async def _http_front(
+    settings: Settings,
+    servicer: VaeServicer,
+    admin: AdminServicer | None,
+    security: ServerSecurity,
+    metrics: ServiceMetrics,
+) -> list[HttpFront]:
+    """The HTTP/JSON front on --http-port (none when it is -1), serving the same instrumented handlers."""
+    if settings.http_port < 0:
+        return []
+    front = HttpFront(settings, instrumented(servicer), admin, security, metrics, static_dir=EXPLORER,
+                      openapi=OPENAPI)  # fmt: skip
+    await front.start()
+    return [front]
+
+
+def _credentials(security: ServerSecurity, fronts: list[HttpFront]) -> Callable[[], None]:
+    """SIGHUP's re-read of the TLS and token files, for the gRPC port and the HTTP port alike."""
+
+    def reload() -> None:
+        if security.reload().get("tls") == "ok":
+            for front in fronts:
+                front.reload_tls_soon()
+
+    return reload
 
 
 def _model_registry(settings: Settings, backend: Backend, metrics: ServiceMetrics, verdict: Verdict) -> ModelRegistry:

@@ -87,11 +87,11 @@ class _Worker:
 class Supervisor:
     """Starts, watches, restarts and stops the workers; `run` returns the exit code."""
 
-    def __init__(self, settings: Settings, port: int, metrics_dir: str | None) -> None:
+    def __init__(self, settings: Settings, port: int, metrics_dir: str | None, http_port: int = -1) -> None:
         self.settings = settings
         self.port = port
         self._metrics_dir = metrics_dir
-        self._child_settings = worker_settings(settings, port)
+        self._child_settings = worker_settings(settings, port, http_port)
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._restart_at: dict[int, float] = {}
@@ -240,6 +240,8 @@ def supervise(settings: Settings) -> int:
     """`python -m service --workers N` (N > 1): reserve the port, serve /metrics, run the workers; the exit code."""
     try:
         reservation = reserve_port(settings.host, settings.port)
+        http_host = settings.http_host or settings.host
+        http_reservation = reserve_port(http_host, settings.http_port) if settings.http_port >= 0 else None
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -250,24 +252,27 @@ def supervise(settings: Settings) -> int:
         os.environ[MULTIPROC_ENV] = metrics_dir
     else:  # no /metrics: workers keep their metrics in memory, not in a folder someone else set
         os.environ.pop(MULTIPROC_ENV, None)
-    supervisor = Supervisor(settings, reservation.getsockname()[1], metrics_dir)
-    http = None
+    http_port = http_reservation.getsockname()[1] if http_reservation is not None else -1
+    supervisor = Supervisor(settings, reservation.getsockname()[1], metrics_dir, http_port)
+    metrics_http = None
     try:
         if metrics_dir:
             registry = CollectorRegistry()
             registry.register(WorkersCollector(metrics_dir, supervisor.views))
             PlatformCollector(registry=registry)
             try:
-                http, _ = start_http_server(settings.metrics_port, settings.metrics_bind_host, registry)
+                metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_bind_host, registry)
             except OSError as exc:
                 print(f"error: metrics port {settings.metrics_port}: {exc}", file=sys.stderr)
                 return 2
-        return supervisor.run(http.server_port if http else None)
+        return supervisor.run(metrics_http.server_port if metrics_http else None)
     finally:
-        if http is not None:
-            http.shutdown()
-            http.server_close()
+        if metrics_http is not None:
+            metrics_http.shutdown()
+            metrics_http.server_close()
         reservation.close()
+        if http_reservation is not None:
+            http_reservation.close()
         if metrics_dir:
             os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)

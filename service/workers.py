@@ -39,14 +39,16 @@ class Ready:
     metrics_port: int | None  # its loopback registry endpoint (None: metrics disabled)
 
 
-def worker_settings(settings: Settings, port: int) -> Settings:
+def worker_settings(settings: Settings, port: int, http_port: int = -1) -> Settings:
     """The supervisor's settings as one worker needs them: the reserved port; its registry on a loopback port of its
-    own (the supervisor serves the public /metrics); torch's default thread count (0) shared out among the workers,
-    since N workers each using every core would fight over them."""
+    own (the supervisor serves the public /metrics); the reserved HTTP port (SO_REUSEPORT too; -1: none); torch's
+    default thread count (0) shared out among the workers, since N workers each using every core would fight over
+    them."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = settings.torch_threads or max(1, cores // settings.workers)
     metrics_port = 0 if settings.metrics_port >= 0 else -1
-    return replace(settings, port=port, metrics_host="127.0.0.1", metrics_port=metrics_port, torch_threads=threads)
+    return replace(settings, port=port, metrics_host="127.0.0.1", metrics_port=metrics_port, torch_threads=threads,
+                   http_port=http_port)  # fmt: skip
 
 
 def run_worker(settings: Settings, index: int, ready: Connection) -> None:

@@ -46,6 +46,8 @@ from service.proto_gen.vae.v1 import admin_pb2, vae_pb2
 from service.security import ServerSecurity
 
 log = logging.getLogger(__name__)
+EXPLORER = Path(__file__).resolve().parent / "explorer"  # the latent explorer page (static files, no build step)
+OPENAPI = Path(__file__).resolve().parent / "openapi.json"  # generated from the proto by tools/openapi.py
 IMAGE_METHODS = frozenset({"Decode", "Reconstruct", "Sample", "Interpolate", "Arithmetic"})
 MAX_BODY_BYTES_SLACK = 1024 * 1024  # JSON (base64) is about 4/3 of the binary message; the limit adds this
 
@@ -105,6 +107,7 @@ class HttpFront:
         self._openapi = openapi
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         self.limit = settings.max_message_mb * 1024 * 1024 * 4 // 3 + MAX_BODY_BYTES_SLACK
 
@@ -112,9 +115,9 @@ class HttpFront:
 
     async def start(self) -> int:
         app = web.Application(client_max_size=self.limit)
-        if self._openapi is not None:
+        if self._openapi is not None and self._openapi.is_file():
             app.router.add_get("/openapi.json", self._openapi_document)
-        if self._static_dir is not None:
+        if self._static_dir is not None and self._static_dir.is_dir():
             app.router.add_get("/", self._index)
             app.router.add_static("/static/", self._static_dir)
         app.router.add_route("*", "/v1{tail:.*}", self._handle)
@@ -146,6 +149,12 @@ class HttpFront:
         old, self._site = self._site, await self._bind(context, self.port)
         await old.stop()
 
+    def reload_tls_soon(self) -> None:
+        """`reload_tls` in the background (called from the SIGHUP handler)."""
+        task = asyncio.get_running_loop().create_task(self.reload_tls())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
@@ -175,7 +184,8 @@ class HttpFront:
         route, params, allowed = routing.find(self.table, request.method, request.path)
         if route is None:
             if allowed:
-                response = self._error(None, grpc.StatusCode.UNIMPLEMENTED, f"{request.path} takes {', '.join(allowed)}")
+                takes = f"{request.path[:200]} takes {', '.join(allowed)}"
+                response = self._error(None, grpc.StatusCode.UNIMPLEMENTED, takes)
                 response.set_status(405)
                 response.headers["Allow"] = ", ".join(allowed)
                 return response
@@ -198,7 +208,7 @@ class HttpFront:
                                     | vae_pb2.InterpolateRequest | vae_pb2.ArithmeticRequest):  # fmt: skip
             message.output.format = vae_pb2.IMAGE_FORMAT_UINT8
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
-        context = HttpContext(deadline, [("authorization", request.headers.get("Authorization", ""))])
+        context = HttpContext(deadline, _authorization(request))
         if method.streaming:
             return await self._stream(request, method, message, context, deadline_s)
         try:
@@ -217,7 +227,7 @@ class HttpFront:
         interceptor = self._security.interceptor
         if interceptor is None:
             return None
-        return interceptor.refusal_for(service, [("authorization", request.headers.get("Authorization", ""))])
+        return interceptor.refusal_for(service, _authorization(request))
 
     async def _stream(
         self,
@@ -254,6 +264,12 @@ class HttpFront:
             await response.write(_line({"error": error}))
         await response.write_eof()
         return response
+
+
+def _authorization(request: web.Request) -> list[tuple[str, str]]:
+    """The call's metadata as gRPC would see it: the `authorization` header, when there is one."""
+    values = request.headers.getall("Authorization", [])
+    return [("authorization", value) for value in values]
 
 
 def _line(document: dict[str, Any]) -> bytes:

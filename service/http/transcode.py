@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # noqa: F401 (error_details: the Any types in details)
 
@@ -58,7 +57,7 @@ def timeout_s(header: str | None) -> float | None:
 def _set_field(message: Message, name: str, text: str) -> None:
     """A path or query parameter into a scalar field of `message` (proto3 JSON rules for its type)."""
     field = message.DESCRIPTOR.fields_by_name.get(name)
-    if field is None or field.label == FieldDescriptor.LABEL_REPEATED or field.message_type is not None:
+    if field is None or field.is_repeated or field.message_type is not None:
         raise ValueError(f"{name!r} is not a parameter of {message.DESCRIPTOR.name}")
     json_format.ParseDict({field.json_name: text}, message, ignore_unknown_fields=False)
 
