@@ -27,9 +27,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 image: setup
 	$(PY) -m tools.containers.images $(IMAGE_ARGS)
 
-# The main job: serve the shipped default model over gRPC (embedded TorchScript backend).
+# The main job: serve the shipped models over gRPC (:50051) and HTTP/JSON with the latent explorer (:8080), embedded
+# TorchScript backend.
 run: setup
-	$(PY) -m service
+	$(PY) -m service --http-port 8080
 
 # Watch it here: the service under a little load, a real Prometheus scraping it (TRITON=1 adds a real
 # tritonserver and serves through it), the URLs to open, and docs/images/dashboard.png drawn from the dashboard.

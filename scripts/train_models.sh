@@ -3,7 +3,7 @@
 # they were run, then evaluated and exported into deploy/model_repository. They run on the CPU too; DEVICE=cuda
 # on a GPU (fashion, mnist2d and the MMD comparison were trained on an H100; emoji on 1 CPU thread here).
 # Usage: scripts/train_models.sh fashion|mnist2d|mmd|emoji|mnist-deep|mnist-deep-more [RUN_DIR]   (env: DEVICE=cpu|cuda, PYTHON, THREADS)
-# mnist-deep is the shipped mnist_deep; mnist-deep-more, the next step toward 82 nats (README "Toward 82 nats").
+# mnist-deep is the shipped mnist_deep; mnist-deep-more, the next step toward 82 nats (docs/models.md "Toward 82 nats").
 set -euo pipefail
 model=${1:?usage: scripts/train_models.sh fashion|mnist2d|mmd|emoji|mnist-deep|mnist-deep-more [RUN_DIR]}
 run=${2:-runs/$model}

@@ -11,7 +11,7 @@ decode z.npy --out d.png                 images of latents; the stamp beside the
 admin index | reload | load | unload | default | split | rollback    the admin service (service/admin_cli.py)
 
 Pictures are written in the model's colours: grayscale for a one-channel model, RGB for a colour one. Input PNGs
-are read by the server's rules (README "Limits"): RGB, RGBA (alpha ignored) and palette files for a colour
+are read by the server's rules (docs/operations.md "Limits"): RGB, RGBA (alpha ignored) and palette files for a colour
 model, a grayscale file's gray repeated in R, G and B; 16-bit files at full precision; each file must be the
 model's size, or the command stops naming it.
 """
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="", help="model name (default: the server's default)")
     parser.add_argument("--model-version", default="", help="one version of the model (default: the server's routing)")
     parser.add_argument("--seed", type=int)
-    secure = parser.add_argument_group('security (README "Security")')
+    secure = parser.add_argument_group('security (docs/operations.md "Security")')
     secure.add_argument("--tls", action="store_true", help="TLS, verifying the server against the system's roots")
     secure.add_argument("--tls-ca-file", help="PEM CA bundle to verify the server with (implies TLS)")
     secure.add_argument("--tls-cert-file", help="PEM client certificate, for mutual TLS (with --tls-key-file)")

@@ -9,7 +9,7 @@ with VaeClient("localhost:50051") as vae:
     files = vae.sample(4, png=True).png              # PNG files back (8-bit gray or RGB, as the model's channels)
 
 Images go in as float32 (or uint8) arrays [N, C, H, W] or as PNG files (`bytes`, one per image; the server
-applies its PNG rules: README "Limits"). Replies come back as float32 arrays; with `png=True` the server
+applies its PNG rules: docs/operations.md "Limits"). Replies come back as float32 arrays; with `png=True` the server
 encodes them as PNG files, kept in `Generated.png`, and `Generated.images` holds their pixels.
 
 Latents come back as `Latents`: float32 arrays that remember the latent space they live in (`.latent_space`, the
@@ -185,7 +185,7 @@ class VaeClient:
         model_version: str = "",
     ) -> None:
         """`model_version` pins every call to one version of `model` ("": the server's routing). TLS when `tls` or
-        any `tls_*` file is given (README "Security"): the server verified against
+        any `tls_*` file is given (docs/operations.md "Security"): the server verified against
         `tls_ca_file` (else the system's roots), a client certificate for mutual TLS from `tls_cert_file` and
         `tls_key_file`; `token` is sent as `authorization: Bearer <token>` on every call."""
         options = [("grpc.max_send_message_length", MESSAGE_LIMIT), ("grpc.max_receive_message_length", MESSAGE_LIMIT)]

@@ -60,7 +60,7 @@ class Settings:
     max_connection_age_s: float = 300.0  # close client connections after this long (0: never), so clients re-resolve
     max_connection_age_grace_s: float = 300.0  # time calls on an aged connection get to finish before it is cut
     latent_health: bool = True  # live latent-health metrics: KL and active units of encoded inputs, Score's log p(x)
-    # Transport security (README "Security"): TLS when both files are set; client certificates required when a CA is.
+    # Transport security (docs/security.md): TLS when both files are set; client certificates required when a CA is.
     tls_cert_file: str = ""  # PEM server certificate chain
     tls_key_file: str = ""  # PEM private key of that certificate
     tls_client_ca_file: str = ""  # PEM CA bundle: mutual TLS, every client must present a certificate it signed
@@ -71,7 +71,7 @@ class Settings:
     triton_tls_ca_file: str = ""  # PEM CA bundle: reach Triton over TLS, verifying its certificate against it
     triton_tls_cert_file: str = ""  # PEM client certificate for Triton (mutual TLS), with triton_tls_key_file
     triton_tls_key_file: str = ""
-    # Several cores (README "Workers"): N > 1 starts N server processes sharing the gRPC port, each with its own
+    # Several cores (docs/operations.md): N > 1 starts N server processes sharing the gRPC port, each with its own
     # backend and batcher, behind one /metrics; 1 serves from this process alone, as before.
     workers: int = 1  # server processes sharing --port (SO_REUSEPORT); torch-threads 0 then means cores / workers
     score_chunk_rows: int = 2048  # Score decodes images x samples rows in chunks of this many (bounds memory)

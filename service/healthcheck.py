@@ -4,7 +4,7 @@
                                   [--tls-ca-file CA.pem [--tls-cert-file C.pem --tls-key-file C.key]]
 
 The default target follows VAE_PORT, so the image's HEALTHCHECK stays right when the port is changed. With TLS
-on the server (README "Security"), pass the CA that signed its certificate (and, under mutual TLS, a client
+on the server (docs/operations.md "Security"), pass the CA that signed its certificate (and, under mutual TLS, a client
 certificate); each option also reads VAE_HEALTHCHECK_<OPTION>, e.g. VAE_HEALTHCHECK_TLS_CA_FILE, so an image's
 HEALTHCHECK line needs no change. The health service needs no token.
 """

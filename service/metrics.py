@@ -1,6 +1,6 @@
 """Prometheus metrics, defined once against a registry the caller owns (tests make a fresh one).
 
-Names and labels are documented in README.md; dashboards and alerts depend on them. Every labelled series
+Names and labels are in docs/operations.md ("Metrics"); dashboards and alerts depend on them. Every labelled series
 that can be known at start-up (methods x status codes, models x networks, backends) is created at zero, so
 dashboards and alerts see 0 rather than "no data" before the first request or the first error.
 

@@ -1,4 +1,4 @@
-"""Transport security (README "Security", docs/security.md): TLS and mutual TLS on the gRPC port, bearer tokens.
+"""Transport security (docs/security.md): TLS and mutual TLS on the gRPC port, bearer tokens.
 
 Server side, `ServerSecurity.from_settings`, checked at start-up (a bad setting is one `SecurityError` line, before
 the model repository is even read):

@@ -146,10 +146,10 @@ class RunningServer:
 
 
 def health_statuses(backend: Backend, registry: ModelRegistry) -> dict[str, bool]:
-    """Readiness by health name (README "Health"): `vae.v1.VaeService` while the backend is ready and any version
-    of the default model serves ("updating" is not "down"); `vae.v1.VaeService/<model>` while any version of it
-    serves; `vae.v1.VaeService/<model>:<version>` while that version serves (LOADING, FAILED, DRAINING and
-    UNLOADED versions are NOT_SERVING); a model refused at start-up stays NOT_SERVING."""
+    """Readiness by health name (docs/model-lifecycle.md "Health names"): `vae.v1.VaeService` while the backend is
+    ready and any version of the default model serves ("updating" is not "down"); `vae.v1.VaeService/<model>` while
+    any version of it serves; `vae.v1.VaeService/<model>:<version>` while that version serves (LOADING, FAILED,
+    DRAINING and UNLOADED versions are NOT_SERVING); a model refused at start-up stays NOT_SERVING."""
     up = backend.ready()
     statuses = {SERVICE_NAME: up and registry.serving(registry.default_model)}
     statuses.update({health_name(name): False for name in registry.refused})

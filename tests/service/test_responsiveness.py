@@ -15,7 +15,7 @@ How it is measured (generously, on a noisy 2-core machine):
   answer's round-trip time is recorded. The server's own `vae_event_loop_lag_seconds` is reported beside it. A
   request over in less than a second is sent again, one at a time, until a second has been watched.
 
-The sizes follow from the limits (README "Limits"): Encode of max_items images with as many posterior samples as
+The sizes follow from the limits (docs/operations.md "Limits"): Encode of max_items images with as many posterior samples as
 the reply-size limit (max_message_mb) allows, one more is refused; Decode, Reconstruct and Sample of max_items;
 a long SampleStream in chunks of max_items; Interpolate of max_interpolation_steps between two images; Arithmetic
 of max_terms image terms; Score at max_score_rows, both as few images with many samples and many images with few.

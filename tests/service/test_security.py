@@ -1,4 +1,4 @@
-"""Transport security against real servers over loopback (README "Security"): TLS, mutual TLS, bearer tokens.
+"""Transport security against real servers over loopback (docs/operations.md "Security"): TLS, mutual TLS, bearer tokens.
 
 The certificates are made here, at test time: a CA, a server certificate for 127.0.0.1/localhost signed by it, a
 client certificate signed by it, and a second CA (with its own client certificate) that nobody trusts. Two servers
