@@ -32,7 +32,7 @@ from service.proto_gen.vae.v1 import admin_pb2_grpc, vae_pb2
 from service.registry import ModelRegistry, State
 from service.registry.control import ControlStore
 from service.registry.loading import LoadLimits
-from service.registry.triggers import Reloads
+from service.registry.triggers import Reloads, repository_signature
 from service.security import ServerSecurity
 from vaecore.repository import (
     ModelSpec,
@@ -248,9 +248,10 @@ async def start_server(
     server, health_servicer, port = await _grpc_server(settings, servicer, security, verdict, admin)
 
     await instrumented.start()
+    signature = repository_signature(settings.model_repository)  # before the read: a later change is seen
     versions = load_versions(settings.model_repository)
     await model_registry.start({name: versions[name] for name in models})
-    reloads.start()
+    reloads.start(signature)
     health_task = asyncio.get_running_loop().create_task(_track_health(instrumented, health_servicer, model_registry))
     loop_monitor = LoopMonitor(metrics.loop_lag, metrics.gc_pause)  # vae_event_loop_lag_seconds, vae_gc_pause_seconds
     loop_monitor.start()

@@ -60,9 +60,11 @@ class Reloads:
         self._poll: asyncio.Task[None] | None = None
         self._queued = False
 
-    def start(self) -> None:
+    def start(self, signature: tuple[tuple[str, int, int], ...] = ()) -> None:
+        """Poll (with --repository-poll-s), comparing with `signature`: the repository as it was just before the
+        registry first read it, so a change made while the models loaded is not missed."""
         if self._poll_s > 0:
-            self._poll = asyncio.get_running_loop().create_task(self._watch())
+            self._poll = asyncio.get_running_loop().create_task(self._watch(signature))
 
     async def run(self, trigger: str, started: Callable[[], None] | None = None) -> list[str]:
         self._counter.labels(trigger).inc()
@@ -89,8 +91,7 @@ class Reloads:
             log.exception("reload on SIGHUP failed")
             return []
 
-    async def _watch(self) -> None:
-        last = await asyncio.to_thread(repository_signature, self.registry.repository)
+    async def _watch(self, last: tuple[tuple[str, int, int], ...]) -> None:
         while True:
             await asyncio.sleep(self._poll_s)
             current = await asyncio.to_thread(repository_signature, self.registry.repository)
