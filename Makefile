@@ -16,10 +16,10 @@ system-deps:
 .tools/node_modules/.bin/buf:
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[local,triton,train,triton-server,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e clients/python -e '.[local,triton,train,triton-server,dev]'
 	touch $@
 
 # Both service images, vae-service:<version> (CPU PyTorch) and vae-service:<version>-triton (no torch), with podman
@@ -60,7 +60,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy training service vaecore tools benchmarks
+	$(VENV)/bin/mypy training service vaecore tools benchmarks clients/python/vae_client
 	cd proto && ../.tools/node_modules/.bin/buf lint
 
 generate: setup

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.codecs import array_to_tensor
 from service.config import Settings
 from service.inprocess import serving, stub_for
 from service.latent_health import LatentHealth
-from service.proto_gen.vae.v1 import vae_pb2
+from vae_client.codecs import array_to_tensor
+from vae_client.proto_gen.vae.v1 import vae_pb2
 from vaecore.repository import load_default, load_repository
 
 

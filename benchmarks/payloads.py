@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.codecs import array_to_tensor
-from service.proto_gen.vae.v1 import vae_pb2
+from vae_client.codecs import array_to_tensor
+from vae_client.proto_gen.vae.v1 import vae_pb2
 from vaecore.repository import ModelSpec, NetworkSpec
 
 SERVICE = "/vae.v1.VaeService/"

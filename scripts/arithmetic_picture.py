@@ -16,10 +16,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.client import VaeClient
 from service.config import Settings
 from service.inprocess import serving
-from vaecore.images import save_grid
+from vae_client.client import VaeClient
+from vae_client.images import save_grid
 
 
 def row(vae: VaeClient, expression: str, weights: np.ndarray) -> np.ndarray:

@@ -18,10 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.client import VaeClient
 from service.config import Settings
 from service.inprocess import serving
 from training.data import load_dataset
+from vae_client.client import VaeClient
 from vaecore.repository import load_default
 
 

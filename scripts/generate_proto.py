@@ -1,7 +1,8 @@
-"""Generate the Python gRPC code for proto/ into service/proto_gen/ (committed; `make generate` reruns it).
+"""Generate the Python gRPC code for proto/ into clients/python/vae_client/proto_gen/ (committed; `make generate`
+reruns it): one copy of the stubs, in the vae-client distribution the server depends on.
 
 protoc writes absolute imports (`from vae.v1 import vae_pb2`); they are rewritten to live under
-`service.proto_gen` so the generated code needs no sys.path tricks. `--check` regenerates into a temporary
+`vae_client.proto_gen` so the generated code needs no sys.path tricks. `--check` regenerates into a temporary
 folder and fails if the committed files differ (CI runs it as a test).
 """
 
@@ -16,8 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-TARGET = ROOT / "service" / "proto_gen"
-PACKAGE = "service.proto_gen"
+TARGET = ROOT / "clients" / "python" / "vae_client" / "proto_gen"
+PACKAGE = "vae_client.proto_gen"
 
 
 def generate(target: Path) -> list[Path]:

@@ -11,12 +11,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.errors import InvalidArgument, ServiceError, status_for
 from service.model_info import model_info
-from service.proto_gen.vae.v1 import admin_pb2, vae_pb2
 from service.registry import ModelRegistry
 from service.registry.state import ModelEntry
 from service.registry.triggers import Reloads
+from vae_client.errors import InvalidArgument, ServiceError, status_for
+from vae_client.proto_gen.vae.v1 import admin_pb2, vae_pb2
 
 log = logging.getLogger(__name__)
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["ModelAdminService"].full_name

@@ -24,14 +24,14 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from service import codecs
 from service import requests as rq
 from service.config import Settings
-from service.errors import InvalidArgument, ServiceError, status_for
 from service.metrics import ServiceMetrics
 from service.model_info import model_info
 from service.operations import Scores, VaeOperations, in_thread_if
-from service.proto_gen.vae.v1 import vae_pb2
+from vae_client import codecs
+from vae_client.errors import InvalidArgument, ServiceError, status_for
+from vae_client.proto_gen.vae.v1 import vae_pb2
 from vaecore.repository import ModelSpec
 
 log = logging.getLogger(__name__)

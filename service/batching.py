@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import Cancelled, DeadlineExceeded, QueueFull, ServiceError, Unavailable
+from vae_client.errors import Cancelled, DeadlineExceeded, QueueFull, ServiceError, Unavailable
 
 BatchFunction = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, ...]]]
 

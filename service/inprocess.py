@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from service.backends.base import Backend
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2_grpc
 from service.server import RunningServer, start_server
+from vae_client.proto_gen.vae.v1 import vae_pb2_grpc
 
 
 class ServerThread:

@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.proto_gen.vae.v1 import vae_pb2
+from vae_client.proto_gen.vae.v1 import vae_pb2
 from vaecore.repository import ModelSpec, RepositoryError, file_sha256, load_repository
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 from service.backends.base import Backend
 from service.batching import BatchObserver
 from service.latent_health import LatentHealth
-from service.proto_gen.vae.v1 import vae_pb2
 from service.registry.state import ModelEntry, State, routed_default
+from vae_client.proto_gen.vae.v1 import vae_pb2
 from vaecore.repository import ModelSpec
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

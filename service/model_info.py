@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.proto_gen.vae.v1 import vae_pb2
 from service.registry.state import ModelEntry, State
+from vae_client.proto_gen.vae.v1 import vae_pb2
 from vaecore.repository import ModelSpec
 
 STATES = {

@@ -18,9 +18,9 @@ import numpy as np
 from service import requests as rq
 from service.backends.base import Backend
 from service.batching import BatchFunction
-from service.errors import InvalidArgument, ServiceError
 from service.latent import interpolate, prior_latents, weighted_sum
 from service.registry import ModelRegistry
+from vae_client.errors import InvalidArgument, ServiceError
 from vaecore import objective
 from vaecore.repository import ModelSpec
 from vaecore.rng import generator

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from service import codecs
 from service.config import Settings
-from service.errors import InvalidArgument, NotFound
-from service.proto_gen.vae.v1 import vae_pb2
+from vae_client import codecs
+from vae_client.errors import InvalidArgument, NotFound
+from vae_client.proto_gen.vae.v1 import vae_pb2
 from vaecore.repository import ModelSpec
 
 REPLY_HEADROOM_BYTES = 64 * 1024  # protobuf framing, seeds, model names

@@ -28,12 +28,12 @@ from service.integrity import Verdict, health_name, servable, version_health_nam
 from service.loop_monitor import LoopMonitor
 from service.metrics import METHODS, InstrumentedBackend, LifecycleMetrics, ServiceMetrics
 from service.operations import BatchingLimits, VaeOperations, batch_functions
-from service.proto_gen.vae.v1 import admin_pb2_grpc, vae_pb2
 from service.registry import ModelRegistry, State
 from service.registry.control import ControlStore
 from service.registry.loading import LoadLimits
 from service.registry.triggers import Reloads, repository_signature
 from service.security import ServerSecurity
+from vae_client.proto_gen.vae.v1 import admin_pb2_grpc, vae_pb2
 from vaecore.repository import (
     ModelSpec,
     RepositoryError,

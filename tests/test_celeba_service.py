@@ -12,10 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.codecs import array_to_tensor, tensor_to_array
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.celeba_fixture import make_celeba_dir
 from tests.service.harness import serving, stub_for
 from training.config import ModelConfig, TrainConfig
@@ -23,6 +20,9 @@ from training.data import DatasetSplits, load_dataset
 from training.export import export_repository
 from training.model import load_checkpoint
 from training.train import train
+from vae_client.codecs import array_to_tensor, tensor_to_array
+from vae_client.proto_gen.vae.v1 import vae_pb2
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from vaecore.repository import read_metadata
 
 V = vae_pb2

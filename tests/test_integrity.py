@@ -18,14 +18,14 @@ from prometheus_client import CollectorRegistry
 
 from service import __main__ as service_main
 from service import integrity
-from service.codecs import array_to_tensor
 from service.config import Settings
 from service.integrity import IntegrityError, health_name, servable, verify_models
-from service.proto_gen.vae.v1 import vae_pb2 as V
 from service.server import SERVICE_NAME, start_server
 from tests.service.harness import serving, stub_for
 from training import __main__ as training_main
 from training.export import derive_python_variant
+from vae_client.codecs import array_to_tensor
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
 from vaecore.repository import RepositoryError, file_sha256, load_repository, metadata_path, read_metadata
 
 SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "model_repository"

@@ -9,7 +9,7 @@ from PIL import Image
 from tests.datasets import make_idx_dir, stroke_images
 from training import plots
 from training.model import ConvVAE
-from vaecore.images import tile
+from vae_client.images import tile
 
 
 def test_tile_places_images_on_a_padded_canvas() -> None:

@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 import torch
 
-from service.codecs import array_to_tensor
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.datasets import stroke_images
 from tests.service.harness import serving, stub_for
 from training.config import ModelConfig
 from training.evaluate import evaluate, iwae_log_likelihood, score_images
 from training.model import ConvVAE, load_checkpoint, save_checkpoint
+from vae_client.codecs import array_to_tensor
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from vaecore.objective import ImageScores
 
 RTOL = 1e-4

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.codecs import array_to_tensor, tensor_to_array
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.repository_checks import check_model, parse_config
 from tests.service.harness import serving, stub_for
+from vae_client.codecs import array_to_tensor, tensor_to_array
+from vae_client.proto_gen.vae.v1 import vae_pb2
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from vaecore.repository import load_repository, metadata_files, read_metadata
 
 REPO = Path(__file__).resolve().parents[1] / "deploy" / "model_repository"

@@ -21,7 +21,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from service.http.routes import Route, routes
 from service.http.server import IMAGE_METHODS, OPENAPI
-from service.proto_gen.vae.v1 import admin_pb2, vae_pb2
+from vae_client.proto_gen.vae.v1 import admin_pb2, vae_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from service.codecs import array_to_tensor, tensor_to_array
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
+from vae_client.codecs import array_to_tensor, tensor_to_array
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 METHODS = tuple(m.name for m in V.DESCRIPTOR.services_by_name["VaeService"].methods)
 MESSAGE_LIMIT = 64 * 1024 * 1024

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from training.model import ConvVAE
-from vaecore.images import save_grid
+from vae_client.images import save_grid
 from vaecore.latent import lerp, slerp
 
 

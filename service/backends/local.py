@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from service.backends import kernels
-from service.errors import Unavailable
+from vae_client.errors import Unavailable
 from vaecore.repository import ModelSpec
 
 _Key = tuple[str, str]  # (network, version)

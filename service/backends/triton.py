@@ -68,7 +68,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from service.batching import call_deadline
-from service.errors import DeadlineExceeded, ServiceError, Unavailable
+from vae_client.errors import DeadlineExceeded, ServiceError, Unavailable
 from vaecore.repository import ModelSpec, NetworkSpec, version_order
 
 if TYPE_CHECKING:

@@ -36,14 +36,14 @@ from google.protobuf.message import Message
 from service.admin import ADMIN_SERVICE_NAME, AdminServicer
 from service.api import SERVICE as VAE_SERVICE
 from service.api import Instrumented, Unparseable
-from service.codecs import tensor_to_array
 from service.config import Settings
 from service.http import routes as routing
 from service.http.context import HttpAbort, HttpContext
 from service.http.transcode import HTTP_STATUS, error_json, grid_png, reply_json, request_message, timeout_s
 from service.metrics import ServiceMetrics
-from service.proto_gen.vae.v1 import admin_pb2, vae_pb2
 from service.security import ServerSecurity
+from vae_client.codecs import tensor_to_array
+from vae_client.proto_gen.vae.v1 import admin_pb2, vae_pb2
 
 log = logging.getLogger(__name__)
 EXPLORER = Path(__file__).resolve().parent / "explorer"  # the latent explorer page (static files, no build step)

@@ -17,8 +17,8 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # noqa: F401 (error_details: the Any types in details)
 
 from service.api import Unparseable
-from service.codecs import encode_png
 from service.http.routes import Route
+from vae_client.codecs import encode_png
 
 # google/rpc/code.proto's HTTP mapping (what grpc-gateway and Envoy's transcoder use)
 HTTP_STATUS = {

@@ -9,9 +9,9 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from service.registry.control import ModelControl, tell_other_workers
 from service.registry.state import ModelEntry, Routing, State
+from vae_client.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from vaecore.repository import ModelSpec, RepositoryError, metadata_path, parse_versions
 
 if TYPE_CHECKING:

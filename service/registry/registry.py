@@ -31,12 +31,12 @@ from typing import Any, Protocol
 
 from service.backends.base import Backend
 from service.batching import DynamicBatcher
-from service.errors import FailedPrecondition, NotFound, Unavailable
 from service.registry.changes import OperatorChanges, describe_routing
 from service.registry.control import ControlStore, ModelControl
 from service.registry.loading import BatchFunctions, LoadFailed, LoadLimits, Observers, make_servable
 from service.registry.routing import route
 from service.registry.state import ModelEntry, Routing, State, Version, routed_default
+from vae_client.errors import FailedPrecondition, NotFound, Unavailable
 from vaecore.repository import ModelSpec, ModelVersions, RepositoryError, metadata_files, parse_versions
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 
-from service.errors import FailedPrecondition, NotFound, Unavailable
 from service.registry.state import ModelEntry, State, Version
+from vae_client.errors import FailedPrecondition, NotFound, Unavailable
 
 _PICK = random.Random()  # the split's draw; not the request's seed, which must not depend on routing
 

@@ -20,9 +20,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.client import VaeClient
 from tools.containers.engine import Engine
 from tools.kustomize import render
+from vae_client.client import VaeClient
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"

@@ -19,11 +19,11 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from service.client import VaeClient
 from tests.deploy.conftest import REPORT
 from tests.deploy.containers import Container, every_rpc, pod_spec, run_like_the_manifest, wait_until
 from tools.containers.engine import Engine
 from tools.containers.images import SIZE_LIMITS
+from vae_client.client import VaeClient
 
 ROOT = Path(__file__).resolve().parents[2]
 START_S = 120  # the manifests' startup probe allows 90 s; a busy 2-core machine gets a little more

@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from service.config import Settings, load_settings
-from service.proto_gen.vae.v1 import vae_pb2
 from tools.kustomize import image_name, pod_containers, render
+from vae_client.proto_gen.vae.v1 import vae_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -622,7 +622,8 @@ def test_dockerfile_targets_serving_only_non_root_and_the_tests_constraints() ->
     copies = [shlex.split(arg) for op, arg in dockerfile_instructions() if op == "COPY"]
     sources = {s for words in copies if not words[0].startswith("--from") for s in words[:-1]}
     assert sources == {"pyproject.toml", "constraints.txt", "deploy/docker/requirements.py", "README.md", "vaecore/",
-                       "service/", "deploy/model_repository/"}  # fmt: skip
+                       "service/", "deploy/model_repository/", "clients/python/pyproject.toml",
+                       "clients/python/"}  # fmt: skip
     assert not any("training" in s or "tests" in s for s in sources)
     # Dependencies: pyproject's base list plus the named extras, under the tests' constraints file.
     for stage, extras in (("deps-triton", "triton"), ("deps-local", "local triton")):
@@ -660,7 +661,11 @@ def test_dockerfile_requirements_helper_matches_pyproject() -> None:
     result = run(sys.executable, str(helper), str(ROOT / "pyproject.toml"), "triton")
     assert result.returncode == 0, result.stderr
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert result.stdout.split() == project["dependencies"] + project["optional-dependencies"]["triton"]
+    client = tomllib.loads((ROOT / "clients" / "python" / "pyproject.toml").read_text())["project"]
+    # vae-client (this repository's own distribution, installed from its folder) is replaced by its dependencies
+    expected = [r for d in project["dependencies"] for r in (client["dependencies"] if d.startswith("vae-client")
+                                                             else [d])]  # fmt: skip
+    assert result.stdout.split() == list(dict.fromkeys(expected + project["optional-dependencies"]["triton"]))
     assert not any(r.startswith("torch") for r in result.stdout.split()), "the -triton image carries no torch"
     local = run(sys.executable, str(helper), str(ROOT / "pyproject.toml"), "local", "triton").stdout.split()
     assert "torch==2.13.0" in local
@@ -769,7 +774,7 @@ def test_dockerignore_admits_only_what_the_image_copies() -> None:
     included = {f for f in files if dockerignore_included(f)}
     assert included, "nothing would reach the build"
     allowed = ("pyproject.toml", "constraints.txt", "README.md", "service/", "vaecore/", "deploy/model_repository/",
-               "deploy/docker/requirements.py")  # fmt: skip
+               "deploy/docker/requirements.py", "clients/python/")  # fmt: skip
     assert all(f.startswith(allowed) for f in included), sorted(f for f in included if not f.startswith(allowed))
     for needed in ("pyproject.toml", "constraints.txt", "README.md", "service/__main__.py",
                    "deploy/model_repository/mnist.vae.json"):  # fmt: skip

@@ -223,7 +223,7 @@ def test_a_click_on_the_2d_latent_plane_decodes_that_point(browser: webdriver.Ch
 def test_a_dropped_png_shows_its_reconstruction_and_an_ood_flag(
     browser: webdriver.Chrome, server: ServerThread, tmp_path: Path
 ) -> None:
-    from service.client import VaeClient
+    from vae_client.client import VaeClient
 
     with VaeClient(server.address, "mnist") as vae:
         digit = vae.sample(1, temperature=0.5, seed=5, png=True).png[0]  # a digit as the model draws it

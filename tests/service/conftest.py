@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from service.inprocess import ServerThread, stub_for
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 
 @pytest.fixture(scope="module")

@@ -49,13 +49,13 @@ from google.protobuf.message import Message
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from service.codecs import array_to_tensor
 from service.inprocess import ServerThread, stub_for
 from service.metrics import METHODS
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.datasets import stroke_images
 from tests.service.fake_backends import mark_images, mark_latents
+from vae_client.codecs import array_to_tensor
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 PLAIN, CANCEL, DEADLINE = "plain", "cancel", "deadline"
 # Three phases, so the server's counts are held to each kind separately: plain requests only (the server's counts
@@ -334,7 +334,7 @@ def _png_array(data: bytes) -> np.ndarray:
 def _flatten(message: Message, prefix: str = "") -> list[tuple[str, Any]]:
     """(path, value) leaves of a reply: tensors as arrays, PNG files as pixel arrays, scalars as they are."""
     if isinstance(message, V.Tensor):
-        from service.codecs import tensor_to_array
+        from vae_client.codecs import tensor_to_array
 
         return [(prefix, tensor_to_array(message, prefix or "tensor"))]
     leaves: list[tuple[str, Any]] = []

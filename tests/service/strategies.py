@@ -29,7 +29,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

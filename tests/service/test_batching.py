@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.batching import DynamicBatcher
-from service.errors import DeadlineExceeded, QueueFull, ServiceError
+from vae_client.errors import DeadlineExceeded, QueueFull, ServiceError
 
 
 class Recorder:

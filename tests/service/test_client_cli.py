@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import main as cli
-from service.client import VaeClient
-from service.codecs import encode_png
 from service.config import Settings
 from tests.datasets import stroke_images
 from tests.service.harness import ServerThread, serving
+from vae_client.cli import main as cli
+from vae_client.client import VaeClient
+from vae_client.codecs import encode_png
 
 
 @pytest.fixture(scope="module")

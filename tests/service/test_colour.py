@@ -20,17 +20,17 @@ import pytest
 import torch
 from PIL import Image
 
-from service.cli import main as cli
-from service.cli import read_pngs as read_cli_pngs
-from service.client import VaeClient
-from service.codecs import array_to_tensor, encode_png, tensor_to_array
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.colour import colour_images
 from tests.datasets import stroke_images
 from tests.service.harness import ServerThread, serving
-from vaecore.images import tile
+from vae_client.cli import main as cli
+from vae_client.cli import read_pngs as read_cli_pngs
+from vae_client.client import VaeClient
+from vae_client.codecs import array_to_tensor, encode_png, tensor_to_array
+from vae_client.images import tile
+from vae_client.proto_gen.vae.v1 import vae_pb2
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from vaecore.repository import read_metadata
 from vaecore.rng import generator
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.service.harness import serving
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 
 def test_connections_are_aged_out_and_clients_reconnect(model_repository: Path) -> None:

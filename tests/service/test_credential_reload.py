@@ -25,8 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from service.config import Settings
-from service.security import ADMIN_SERVICE, SecurityError, ServerSecurity
+from service.security import ADMIN_SERVICE, ServerSecurity
 from tests.pki import LOOPBACK, certificate, new_key
+from vae_client.credentials import SecurityError
 
 API_SERVICE = "vae.v1.VaeService"
 CALLER, CALLER_2, CALLER_3 = "caller-token-1", "caller-token-2", "caller-token-3"

@@ -53,12 +53,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.codecs import array_to_tensor
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.service import strategies as S
 from tests.service.harness import ServerThread, serving
+from vae_client.codecs import array_to_tensor
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 SERVICE = V.DESCRIPTOR.services_by_name["VaeService"]
 METHODS = [m.name for m in SERVICE.methods]

@@ -24,9 +24,9 @@ from PIL import Image
 from service.config import Settings
 from service.http.transcode import HTTP_STATUS
 from service.inprocess import ServerThread, serving, stub_for
-from service.proto_gen.vae.v1 import vae_pb2 as V
 from tests import pki
 from tests.service.versions import ADMIN_TOKEN, copy_repository
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
 
 TOKEN = "caller-token-for-http-tests"
 
@@ -73,7 +73,7 @@ def _floats(tensor: dict[str, Any]) -> np.ndarray:
 
 def test_every_rpc_has_a_route(server: ServerThread) -> None:
     from service.http.routes import routes
-    from service.proto_gen.vae.v1 import admin_pb2, vae_pb2
+    from vae_client.proto_gen.vae.v1 import admin_pb2, vae_pb2
 
     table = routes([vae_pb2.DESCRIPTOR.services_by_name["VaeService"],
                     admin_pb2.DESCRIPTOR.services_by_name["ModelAdminService"]])  # fmt: skip

@@ -18,11 +18,11 @@ import pytest
 
 from service.backends.local import LocalBackend
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.service.fake_backends import FakeFaultyBackend
 from tests.service.harness import ServerThread, serving
 from tests.service.ledger import CANCEL, DEADLINE, request_counts, run_ledger, wait_for_idle
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from vaecore.repository import load_repository
 
 REQUESTS = int(os.environ.get("LEDGER_REQUESTS", "10000"))

@@ -18,12 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from service import cli
-from service.client import Latents, VaeClient
-from service.codecs import array_to_tensor
 from service.config import Settings
 from service.inprocess import ServerThread, serving, stub_for
-from service.proto_gen.vae.v1 import vae_pb2 as V
 from tests.service.versions import (
     ADMIN_TOKEN,
     add_broken_version,
@@ -35,6 +31,10 @@ from tests.service.versions import (
     set_default,
     states,
 )
+from vae_client import cli
+from vae_client.client import Latents, VaeClient
+from vae_client.codecs import array_to_tensor
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
 
 MODEL = "tiny"
 

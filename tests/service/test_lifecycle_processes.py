@@ -16,11 +16,11 @@ import grpc
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests import pki
 from tests.service.test_workers import ROOT, Service, _channel, _start
 from tests.service.versions import ADMIN_TOKEN, Admin, add_version, copy_repository
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 MODEL = "tiny"
 

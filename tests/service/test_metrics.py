@@ -15,13 +15,13 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import healthcheck
-from service.codecs import array_to_tensor, tensor_to_array
 from service.config import Settings, load_settings, parse_bool
 from service.latent_health import ACTIVE_UNIT_VARIANCE, KL_BUCKETS, _Histogram
 from service.metrics import METHODS
-from service.proto_gen.vae.v1 import vae_pb2 as V
 from tests.datasets import stroke_images
 from tests.service.harness import ServerThread, serving, stub_for
+from vae_client.codecs import array_to_tensor, tensor_to_array
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
 
 
 def _settings(repo: Path, **extra: object) -> Settings:

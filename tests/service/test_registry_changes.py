@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from service.backends.local import LocalBackend
-from service.client import Latents
 from service.config import Settings
 from service.inprocess import ServerThread, serving
 from service.registry.control import CONTROL_DIR_ENV
 from tests.service.versions import ADMIN_TOKEN, add_broken_version, add_version, copy_repository, set_default
+from vae_client.client import Latents
 from vaecore.repository import ModelSpec
 
 MODEL = "tiny"

@@ -41,12 +41,12 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.codecs import array_to_tensor
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from service.requests import REPLY_HEADROOM_BYTES
 from tests.service.harness import serving
+from vae_client.codecs import array_to_tensor
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 ROOT = Path(__file__).resolve().parents[2]
 # The tests' tiny model by default (fast); RESPONSIVENESS_REPOSITORY=deploy/model_repository runs the shipped one.

@@ -16,12 +16,12 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from service.codecs import array_to_tensor, encode_png, tensor_to_array
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.datasets import stroke_images
 from tests.service.harness import ServerThread, serving
+from vae_client.codecs import array_to_tensor, encode_png, tensor_to_array
+from vae_client.proto_gen.vae.v1 import vae_pb2
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from vaecore.repository import read_metadata
 
 V = vae_pb2

@@ -21,21 +21,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.cli import main as cli
-from service.client import VaeClient
 from service.config import Settings
 from service.metrics import METHODS
-from service.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
-from service.security import (
-    SecurityError,
-    TokenVerifier,
-    auth_interceptor,
-    channel_credentials,
-    read_tokens,
-    server_credentials,
-)
+from service.security import TokenVerifier, auth_interceptor, server_credentials
 from tests.pki import LOOPBACK, certificate, new_key, write
 from tests.service.harness import ServerThread, serving
+from vae_client.cli import main as cli
+from vae_client.client import VaeClient
+from vae_client.credentials import SecurityError, channel_credentials, read_tokens
+from vae_client.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN, OTHER_TOKEN, RETIRED_TOKEN = "s3cret-token-A", "s3cret-token-B", "retired-token-C"

@@ -17,12 +17,12 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.codecs import array_to_tensor
 from service.config import Settings, load_settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from service.server import freeze_start_up_objects
 from tests.service.harness import serving, stub_for
+from vae_client.codecs import array_to_tensor
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 ROOT = Path(__file__).resolve().parents[2]
 

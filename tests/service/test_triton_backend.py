@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.codecs import array_to_tensor, tensor_to_array
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
 from tests.datasets import stroke_images
 from tests.service.harness import ServerThread, python_triton, serving, stub_for
 from training.triton_local import TritonServer
+from vae_client.codecs import array_to_tensor, tensor_to_array
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.codecs import array_to_tensor, encode_png, png_to_array, tensor_to_array
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
 from tests.colour import colour_images
 from tests.service.harness import ServerThread, python_triton, serving, stub_for
 from training.triton_local import TritonServer
+from vae_client.codecs import array_to_tensor, encode_png, png_to_array, tensor_to_array
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
 
 RGB = "tinyrgb"
 

@@ -27,11 +27,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.backends.triton import TritonBackend, TritonTls
 from service.batching import DynamicBatcher, call_deadline
 from service.config import Settings
-from service.errors import DeadlineExceeded, Unavailable
-from service.proto_gen.vae.v1 import vae_pb2 as V
 from tests.pki import LOOPBACK, certificate, new_key, write
 from tests.service.harness import ServerThread, python_triton, serving, stub_for
 from training.triton_local import GrpcTls, TritonServer
+from vae_client.errors import DeadlineExceeded, Unavailable
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
 from vaecore.repository import load_repository
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING

@@ -31,11 +31,11 @@ import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from service.backends.triton import TritonBackend
-from service.errors import Unavailable
 from tests.datasets import stroke_images
 from training.export import derive_python_variant
 from training.triton_local import TritonServer
 from training.triton_repo import set_version_policy
+from vae_client.errors import Unavailable
 from vaecore.repository import ModelSpec, load_versions, metadata_path
 
 NETWORKS = ("tiny_decoder", "tiny_encoder")

@@ -21,13 +21,13 @@ from grpc_status import rpc_status
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.client import describe_error
-from service.codecs import array_to_tensor, tensor_to_array
 from service.config import Settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.datasets import stroke_images
 from tests.service.harness import ServerThread, serving, stub_for
+from vae_client.client import describe_error
+from vae_client.codecs import array_to_tensor, tensor_to_array
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.codecs import array_to_tensor
 from service.config import load_settings
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from service.server import server_options
+from vae_client.codecs import array_to_tensor
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = re.compile(r"serving on port (\d+) with (\d+) workers \(pids ([\d, ]+); metrics port (\w+)\)")

@@ -30,11 +30,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.codecs import array_to_tensor, tensor_to_array
-from service.proto_gen.vae.v1 import vae_pb2 as V
-from service.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 from tests.datasets import stroke_images
 from tests.service.versions import Admin
+from vae_client.codecs import array_to_tensor, tensor_to_array
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.proto_gen.vae.v1.vae_pb2_grpc import VaeServiceStub
 
 MODEL = "tiny"
 SAME_SPACE = ("1", "2")  # versions 1 and 2 share a latent space; 3 does not

@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from service.codecs import tensor_to_array
-from service.proto_gen.vae.v1 import admin_pb2, admin_pb2_grpc
-from service.proto_gen.vae.v1 import vae_pb2 as V
+from vae_client.codecs import tensor_to_array
+from vae_client.proto_gen.vae.v1 import admin_pb2, admin_pb2_grpc
+from vae_client.proto_gen.vae.v1 import vae_pb2 as V
 from vaecore.repository import (
     metadata_path,
     network_file,

@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
-from service.proto_gen.vae.v1 import admin_pb2, admin_pb2_grpc, vae_pb2
-from service.security import SecurityError, bearer_metadata, read_client_token
+from vae_client.credentials import SecurityError, bearer_metadata, read_client_token
+from vae_client.proto_gen.vae.v1 import admin_pb2, admin_pb2_grpc, vae_pb2
 
 ADMIN_TOKEN_ENV = "VAE_ADMIN_TOKEN"
 

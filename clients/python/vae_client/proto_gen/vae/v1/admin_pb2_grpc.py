@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from service.proto_gen.vae.v1 import admin_pb2 as vae_dot_v1_dot_admin__pb2
+from vae_client.proto_gen.vae.v1 import admin_pb2 as vae_dot_v1_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

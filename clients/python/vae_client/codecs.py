@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import InvalidArgument
-from service.proto_gen.vae.v1 import vae_pb2
+from vae_client.errors import InvalidArgument
+from vae_client.proto_gen.vae.v1 import vae_pb2
 
 FLOAT32 = np.dtype("<f4")
 UINT8 = np.dtype("u1")

@@ -1,5 +1,5 @@
 from google.api import annotations_pb2 as _annotations_pb2
-from service.proto_gen.vae.v1 import vae_pb2 as _vae_pb2
+from vae_client.proto_gen.vae.v1 import vae_pb2 as _vae_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
