@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from service.config import DEFAULT_REPOSITORY, Settings
 from service.inprocess import ServerThread, serving
-
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a dev dependency (make setup)")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 MODELS = ("mnist", "mnist2d", "emoji")
