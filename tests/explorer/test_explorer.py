@@ -232,10 +232,26 @@ def test_a_dropped_png_shows_its_reconstruction_and_an_ood_flag(
     verdicts = {}
     for name in ("digit", "noise"):
         before = _updates(browser, "reconstruction")
-        browser.find_element(By.ID, "file").send_keys(str(tmp_path / f"{name}.png"))
+        if name == "digit":  # chosen with the file picker
+            browser.find_element(By.ID, "file").send_keys(str(tmp_path / f"{name}.png"))
+        else:  # dropped: a drop event carrying the file, as a drag from the desktop delivers it
+            _drop(browser, (tmp_path / f"{name}.png").read_bytes())
         _after(browser, "reconstruction", before)
         assert pixels(browser, "reconstruction").shape == (28, 28, 3)
         verdicts[name] = browser.find_element(By.ID, "score").text
     assert "in distribution" in verdicts["digit"] and "-log p(x) =" in verdicts["digit"]
     assert "out of distribution" in verdicts["noise"]
     _screenshot(browser, "score", tmp_path)
+
+
+def _drop(browser: webdriver.Chrome, png: bytes) -> None:
+    """Dispatch a drop event on the page's drop zone with `png` as its one file."""
+    browser.execute_script(
+        """const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+           const transfer = new DataTransfer();
+           transfer.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+           const zone = document.getElementById('drop');
+           zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+           zone.dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));""",
+        base64.b64encode(png).decode(),
+    )
