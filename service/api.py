@@ -80,6 +80,7 @@ class VaeServicer:
         self.metrics = metrics
         self.parse = rq.RequestParser(settings)
         self._items = {m.name: metrics.items.labels(m.name) for m in SERVICE.methods}  # bound once
+        self._per_version: dict[tuple[str, str, str], Any] = {}  # vae_version_requests_total, bound on first use
 
     async def _parse(self, parse: Callable[[Any, ModelSpec], T], request: Message, model: ModelSpec) -> T:
         return await in_thread_if(_heavy(request), parse, request, model)
@@ -91,8 +92,17 @@ class VaeServicer:
         with self.registry.lease(request.model, request.model_version, stamps.spaces) as model:
             if stamps.unstamped:
                 self.metrics.unstamped_latents.labels(model.name, method).inc(stamps.unstamped)
-            self.metrics.version_requests.labels(model.name, model.version, method).inc()
+            self._version_series(model, method).inc()
             yield model
+
+    def _version_series(self, model: ModelSpec, method: str) -> Any:
+        """`vae_version_requests_total` for (model, version, method), bound once: a `labels()` lookup per request
+        costs a lock and a dict lookup on the request path (as `_Series` avoids for the per-method series)."""
+        key = (model.name, model.version, method)
+        series = self._per_version.get(key)
+        if series is None:
+            series = self._per_version[key] = self.metrics.version_requests.labels(*key)
+        return series
 
     def _info(self, name: str, version: str = "") -> vae_pb2.ModelInfo:
         entry = self.registry.entry(name)

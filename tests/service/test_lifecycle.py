@@ -104,7 +104,11 @@ def test_every_version_serves_side_by_side_and_replies_name_it(server: ServerThr
         assert unpinned.model_version == "1"
         np.testing.assert_array_equal(array(unpinned.images.tensor), images["1"])
         assert not np.allclose(images["1"], images["2"], atol=1e-4)  # a different decoder answers
+        assert server.running is not None
+        routed = server.running.metrics.version_requests.labels(MODEL, "3", "Sample")
+        before = routed._value.get()
         sample = stub.Sample(V.SampleRequest(model=MODEL, n=2, model_version="3"))
+        assert routed._value.get() == before + 1  # counted against the version that answered
         assert (sample.model_version, sample.latent_space) == ("3", spaces["3"])
         assert stub.GetModelInfo(V.GetModelInfoRequest(model=MODEL, model_version="3")).info.latent_space == spaces["3"]
         with pytest.raises(grpc.RpcError) as missing:
