@@ -5,6 +5,7 @@ server's modules import it (one copy of the stubs). Prints the installed size.""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -43,11 +44,14 @@ def test_there_is_one_copy_of_the_stubs() -> None:
 @pytest.fixture(scope="module")
 def client_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with only vae-client installed (from its folder, under the tests' pins)."""
-    env = tmp_path_factory.mktemp("client_env") / "venv"
+    tmp = tmp_path_factory.mktemp("client_env")
+    source = shutil.copytree(CLIENT, tmp / "source", ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    env = tmp / "venv"
     venv.EnvBuilder(with_pip=True).create(env)
     python = env / "bin" / "python"
+    # built from a copy: pip's build/ folder must not land in the checkout (mypy would read it as a second package)
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c",
-                    str(ROOT / "constraints.txt"), str(CLIENT)], check=True, timeout=600)  # fmt: skip
+                    str(ROOT / "constraints.txt"), str(source)], check=True, timeout=600)  # fmt: skip
     return env
 
 
