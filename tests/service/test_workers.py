@@ -243,8 +243,10 @@ def test_sigterm_drains_in_flight_requests_and_ends_every_process(model_reposito
     try:
         processes = _descendants(service.process.pid)
         assert set(service.pids) <= processes
-        x = (np.random.default_rng(0).random((10, 1, 28, 28)) > 0.5).astype(np.float32)
-        slow = V.ScoreRequest(model="tiny", images=V.Images(tensor=array_to_tensor(x)), importance_samples=500)
+        # 60,000 rows: long enough to be still running when the signal comes (5,000 were not, once every batch size
+        # is warmed up at start)
+        x = (np.random.default_rng(0).random((60, 1, 28, 28)) > 0.5).astype(np.float32)
+        slow = V.ScoreRequest(model="tiny", images=V.Images(tensor=array_to_tensor(x)), importance_samples=1000)
         with _channel(service.port) as channel, ThreadPoolExecutor(1) as pool:
             pending = pool.submit(VaeServiceStub(channel).Score, slow, timeout=150)
             deadline = time.monotonic() + 30
@@ -253,7 +255,7 @@ def test_sigterm_drains_in_flight_requests_and_ends_every_process(model_reposito
                 time.sleep(0.05)
             assert not pending.done(), "the Score ended before the signal: the test proves nothing"
             assert service.stop() == 0, service.log.read_text()
-            assert len(pending.result(timeout=150).scores) == 10  # the request in flight was finished, not cut
+            assert len(pending.result(timeout=150).scores) == len(x)  # the request in flight was finished, not cut
         log = service.log.read_text()
         assert all(f"worker {i} (pid {pid}) stopped" in log for i, pid in enumerate(service.pids)), log
         assert _all_gone(processes), f"left running: {[p for p in processes if not _gone(p)]}"
