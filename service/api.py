@@ -266,6 +266,7 @@ class _Series:
         self.in_flight = metrics.in_flight.labels(method)
         self.latency = metrics.latency.labels(method)
         self.codes = {code: metrics.requests.labels(method, code.name) for code in grpc.StatusCode}
+        self.retried = metrics.retried.labels(method)
 
     def record(self, code: grpc.StatusCode, started: float) -> None:
         self.in_flight.dec()
@@ -277,6 +278,11 @@ class _Series:
 # fires sends a cancel that can reach the server just before the server's deadline: a cancel this close to it is
 # the deadline (a client cancelling on purpose this close to its deadline is counted as its deadline, harmlessly).
 DEADLINE_SLACK_S = 0.05
+
+
+def _is_retry(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the client's gRPC sent this call as a retry of an attempt that failed (gRFC A6's header)."""
+    return any(key == "grpc-previous-rpc-attempts" for key, _ in context.invocation_metadata() or ())
 
 
 def _interrupted(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
@@ -308,6 +314,8 @@ async def _observed(series: _Series, context: grpc.aio.ServicerContext) -> Async
     """
     started, code, failure = time.perf_counter(), grpc.StatusCode.OK, None
     series.in_flight.inc()
+    if _is_retry(context):
+        series.retried.inc()
     try:
         yield
     except (asyncio.CancelledError, GeneratorExit):  # the client went away, or its deadline passed

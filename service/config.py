@@ -59,6 +59,11 @@ class Settings:
     shutdown_grace_s: float = 10.0  # on SIGTERM, time given to in-flight requests
     max_connection_age_s: float = 300.0  # close client connections after this long (0: never), so clients re-resolve
     max_connection_age_grace_s: float = 300.0  # time calls on an aged connection get to finish before it is cut
+    # calls gRPC's core holds for the event loop to take up (a backlog of calls, expired ones included, builds while
+    # the loop is swamped): beyond this, core cancels new calls (CANCELLED, before any handler). gRPC's own default,
+    # 1000 (random rejections from there to 3000), lost ordinary calls after a burst of expired deadlines:
+    # docs/upstream/grpc-aio-pending-cancelled.md. About 16 kB per held call, plus its request. 0: gRPC's default.
+    max_pending_calls: int = 20000
     latent_health: bool = True  # live latent-health metrics: KL and active units of encoded inputs, Score's log p(x)
     # Transport security (docs/security.md): TLS when both files are set; client certificates required when a CA is.
     tls_cert_file: str = ""  # PEM server certificate chain
@@ -136,6 +141,8 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
         parser.error(f"--triton-model-control must be none or explicit, got {settings.triton_model_control!r}")
     if settings.repository_poll_s < 0 or settings.unload_grace_s < 0:
         parser.error("--repository-poll-s and --unload-grace-s must be >= 0")
+    if settings.max_pending_calls < 0:
+        parser.error(f"--max-pending-calls must be >= 0 (0: gRPC's default), got {settings.max_pending_calls}")
     if settings.workers < 1:
         parser.error(f"--workers must be at least 1, got {settings.workers}")
     return settings

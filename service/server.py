@@ -68,11 +68,22 @@ def make_backend(settings: Settings, models: dict[str, ModelSpec]) -> Backend:
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Message limits, and a maximum connection age: gRPC pins a client to the replicas it connected to, so
-    without one a scaled-out deployment's new replicas would get no traffic from existing clients (nor, with
-    `--workers`, a restarted worker any from connections the others already hold)."""
+    """Message limits; the backlog of calls core may hold, one fixed limit; a maximum connection age.
+
+    The backlog: grpc.aio takes calls from core one at a time, on the event loop, so while the loop is swamped
+    (thousands of calls whose deadlines expire at once) core queues new calls, expired ones included. Past
+    gRPC's default of 1000 queued, core cancels a growing share of new calls with CANCELLED before any handler sees
+    them (docs/upstream/grpc-aio-pending-cancelled.md); one limit, soft = hard, keeps that for a true runaway.
+    The connection age: gRPC pins a client to the replicas it connected to, so without one a scaled-out deployment's
+    new replicas would get no traffic from existing clients (nor, with `--workers`, a restarted worker any from
+    connections the others already hold)."""
     message_limit = settings.max_message_mb * 1024 * 1024
     options = [("grpc.max_send_message_length", message_limit), ("grpc.max_receive_message_length", message_limit)]
+    if settings.max_pending_calls > 0:
+        options += [
+            ("grpc.server.max_pending_requests", settings.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
+        ]
     if settings.workers > 1:  # every worker binds the same port: on by default on Linux, required here, so explicit
         options.append(("grpc.so_reuseport", 1))
     if settings.max_connection_age_s > 0:

@@ -16,6 +16,9 @@ Latents come back as `Latents`: float32 arrays that remember the latent space th
 server's stamp). Slices and arithmetic keep it, and the client sends it back with them (decode, interpolate,
 arithmetic), so a server whose model's encoder changed refuses them (FAILED_PRECONDITION) instead of decoding
 them into wrong pictures. A plain array is sent unstamped. `model_version` pins every call to one version.
+
+A call the server cancelled before answering, or a replica refused, is tried again by gRPC (vae_client/retry.py):
+every RPC is free of side effects, and a request without a seed then gets a fresh one, which the reply reports.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from google.rpc import error_details_pb2, status_pb2
 from vae_client.codecs import array_to_tensor, png_to_array, tensor_to_array
 from vae_client.credentials import client_channel
 from vae_client.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_client.retry import retry_options
 
 MESSAGE_LIMIT = 64 * 1024 * 1024
 
@@ -191,12 +195,16 @@ class VaeClient:
         tls_server_name: str | None = None,
         token: str | None = None,
         model_version: str = "",
+        retries: bool = True,
     ) -> None:
         """`model_version` pins every call to one version of `model` ("": the server's routing). TLS when `tls` or
         any `tls_*` file is given (docs/operations.md "Security"): the server verified against
         `tls_ca_file` (else the system's roots), a client certificate for mutual TLS from `tls_cert_file` and
-        `tls_key_file`; `token` is sent as `authorization: Bearer <token>` on every call."""
+        `tls_key_file`; `token` is sent as `authorization: Bearer <token>` on every call. `retries`: a call the
+        server cancelled or refused (CANCELLED, UNAVAILABLE) is tried again, as vae_client/retry.py says."""
         options = [("grpc.max_send_message_length", MESSAGE_LIMIT), ("grpc.max_receive_message_length", MESSAGE_LIMIT)]
+        if retries:
+            options += retry_options(MESSAGE_LIMIT)
         self._channel = client_channel(target, options, tls=tls, ca_file=tls_ca_file, cert_file=tls_cert_file,
                                        key_file=tls_key_file, server_name=tls_server_name, token=token)  # fmt: skip
         self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)

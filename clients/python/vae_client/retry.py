@@ -1,0 +1,34 @@
+"""The retry policy for vae.v1.VaeService, as a gRPC service config: the one the typed client uses, and the one the
+README tells every other client to use (docs/api.md "Retries").
+
+Why: a grpc.aio server that falls behind can cancel a call before any handler sees it (CANCELLED, after a few
+milliseconds: docs/upstream/grpc-aio-pending-cancelled.md), and a replica that is going away refuses calls
+(UNAVAILABLE). Every VaeService RPC is free of side effects, so trying again is safe; a request without a seed gets
+a fresh one on the retry, and the reply says which (`seed`). gRPC itself does the retrying: up to 5 attempts within
+the call's deadline, backing off from 50 ms to 1 s, never once the reply has begun (a stream that has sent a
+message), never a call the caller cancelled (that is local, not a status), and only while fewer than about 1 call
+in 10 fails (`retryThrottling`), so an overloaded server is not hit twice as hard. The admin service is not covered.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+SERVICE_CONFIG_FILE = "service_config.json"
+RETRY_SERVICE_CONFIG: str = resources.files("vae_client").joinpath(SERVICE_CONFIG_FILE).read_text()
+RETRYABLE_CODES: tuple[str, ...] = tuple(
+    json.loads(RETRY_SERVICE_CONFIG)["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"]
+)
+
+
+def retry_options(retry_buffer_bytes: int = 256 * 1024) -> list[tuple[str, Any]]:
+    """Channel options that turn the policy on. A request larger than `retry_buffer_bytes` is never retried (gRPC
+    keeps each attempt's request only up to that size; its default is 256 KiB): the typed client passes its message
+    limit."""
+    return [
+        ("grpc.service_config", RETRY_SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.per_rpc_retry_buffer_size", retry_buffer_bytes),
+    ]
