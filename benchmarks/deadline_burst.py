@@ -24,13 +24,13 @@ import asyncio
 import json
 import random
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -39,8 +39,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.procs import PYTHON, Server, free_port, launch, stop, wait_serving
 from benchmarks.suite import DEFAULT_REPOSITORY
 from benchmarks.table import Table, as_text
-from vae_client.retry import retry_options
 from vae_client.proto_gen.vae.v1 import vae_pb2
+from vae_client.retry import retry_options
 
 SAMPLE = "/vae.v1.VaeService/Sample"
 ECHO = "/repro.Echo/Call"
@@ -105,8 +105,10 @@ async def burst_then_traffic(
     low, high = pattern.burst_deadline_s
     results = []
     for r in range(rounds):
-        await _phase(target, method, body, pattern.burst_calls, pattern.burst_inflight, lambda: random.uniform(low, high))
-        failed = await _phase(target, method, body, pattern.calls, pattern.inflight, lambda: pattern.deadline_s, options)
+        await _phase(target, method, body, pattern.burst_calls, pattern.burst_inflight,
+                     lambda: random.uniform(low, high))  # fmt: skip
+        failed = await _phase(target, method, body, pattern.calls, pattern.inflight, lambda: pattern.deadline_s,
+                              options)  # fmt: skip
         results.append(RoundResult(pattern.calls, failed))
         if report is not None:
             report(f"round {r}: {results[-1].describe()}")
@@ -142,12 +144,12 @@ asyncio.run(main())
 """
 
 
-def run_echo(options: list[tuple[str, int]], rounds: int) -> list[RoundResult]:
+def run_echo(options: list[tuple[str, int]], rounds: int) -> tuple[list[RoundResult], None]:
     process = subprocess.Popen([PYTHON, "-c", ECHO_SERVER, json.dumps(options)], stdout=subprocess.PIPE)
     try:
         assert process.stdout is not None
         port = int(process.stdout.readline())
-        return asyncio.run(burst_then_traffic(f"127.0.0.1:{port}", ECHO, b"x" * 64, rounds))
+        return asyncio.run(burst_then_traffic(f"127.0.0.1:{port}", ECHO, b"x" * 64, rounds)), None
     finally:
         process.terminate()
         process.wait(10)
@@ -163,7 +165,9 @@ def start_service(repo: Path, logs: Path, flags: Sequence[str] = ()) -> tuple[Se
     return server, metrics_port
 
 
-def run_service(repo: Path, model: str, flags: Sequence[str], rounds: int, retries: bool) -> tuple[list[RoundResult], float]:
+def run_service(
+    repo: Path, model: str, flags: Sequence[str], rounds: int, retries: bool
+) -> tuple[list[RoundResult], float | None]:
     """The pattern against a service process: (per-round results, retried attempts the server counted)."""
     with tempfile.TemporaryDirectory() as logs:
         server, metrics_port = start_service(repo, Path(logs), flags)
@@ -197,33 +201,43 @@ def _row(label: str, runs: list[tuple[list[RoundResult], float | None]]) -> list
     codes: Counter[str] = sum((r.codes for results, _ in runs for r in results), Counter())
     retried = [retried for _, retried in runs if retried is not None]
     return [label, f"{calls:,}", f"{sum(lost):,}", " ".join(str(n) for n in lost), f"{100 * sum(lost) / calls:.3f}",
-            ", ".join(f"{c} {n}" for c, n in codes.items()) or "-", f"{sum(retried):,.0f}" if retried else "-"]  # fmt: skip
+            ", ".join(f"{c} {n}" for c, n in codes.items()) or "-",
+            f"{sum(retried):,.0f}" if retried else "-"]  # fmt: skip
+
+
+Run = Callable[[], tuple[list[RoundResult], float | None]]
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[str, Run]]:
+    plan: list[tuple[str, Run]] = []
+    if not args.no_echo:
+        plan += [("echo, grpc defaults", partial(run_echo, GRPC_LIMITS, args.rounds)),
+                 ("echo, one limit of 20,000", partial(run_echo, ONE_LIMIT, args.rounds))]  # fmt: skip
+    if not args.echo_only:
+        grpc_defaults = ["--max-pending-calls", "0"]
+        plan += [
+            ("service, grpc defaults", partial(run_service, args.repo, args.model, grpc_defaults, args.rounds, False)),
+            ("service, grpc defaults + retry config",
+             partial(run_service, args.repo, args.model, grpc_defaults, args.rounds, True)),
+            ("service (as shipped)", partial(run_service, args.repo, args.model, [], args.rounds, False)),
+        ]  # fmt: skip
+    return plan
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Every row once per repeat, the rows in turn within each repeat, so a shared machine's drift hits all alike."""
     args = parse_args(argv)
-    plan: list[tuple[str, Callable[[], tuple[list[RoundResult], float | None]]]] = []
-    if not args.no_echo:
-        plan += [("echo, grpc defaults", lambda: (run_echo(GRPC_LIMITS, args.rounds), None)),
-                 ("echo, one limit of 20,000", lambda: (run_echo(ONE_LIMIT, args.rounds), None))]  # fmt: skip
-    if not args.echo_only:
-        service = [("service, grpc defaults", ["--max-pending-calls", "0"], False),
-                   ("service, grpc defaults + retry config", ["--max-pending-calls", "0"], True),
-                   ("service (as shipped)", [], False)]  # fmt: skip
-        for label, flags, retries in service:
-            plan.append((label, lambda f=flags, r=retries: run_service(args.repo, args.model, f, args.rounds, r)))
-    rows = []
-    for label, run in plan:
-        runs = []
-        for repeat in range(args.repeats):
-            runs.append(run())
-            print(f"{label}, run {repeat + 1}: {sum(len(r.failed) for r in runs[-1][0])} lost", flush=True)
-        rows.append(_row(label, runs))
+    plan = _plan(args)
+    runs: dict[str, list[tuple[list[RoundResult], float | None]]] = {label: [] for label, _ in plan}
+    for repeat in range(args.repeats):
+        for label, run in plan:
+            runs[label].append(run())
+            print(f"{label}, run {repeat + 1}: {sum(len(r.failed) for r in runs[label][-1][0])} lost", flush=True)
     header = ["server", "C calls", "lost", "lost per run", "lost %", "codes", "retried"]
     title = f"ordinary calls lost after bursts of expired deadlines ({args.rounds} rounds x {args.repeats} runs)"
-    table: Table = (title, header, rows)
+    table: Table = (title, header, [_row(label, results) for label, results in runs.items()])
     print(as_text(table))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
