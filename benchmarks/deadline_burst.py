@@ -1,6 +1,7 @@
 """Do ordinary calls survive a burst of expired deadlines? Before and after, side by side.
 
     python -m benchmarks.deadline_burst [--rounds 3] [--repeats 2] [--echo-only] [--no-echo]
+    python -m benchmarks.deadline_burst --held-memory 5000 20000     # RSS per call core holds, instead
 
 The pattern (issue 19): per round, phase B sends 3,000 calls with 1-5 ms deadlines (128 in flight, one channel),
 then at once phase C sends 1,500 ordinary calls with 30 s deadlines (32 in flight, a new channel). A C call that
@@ -180,6 +181,63 @@ def run_service(
             stop(server)
 
 
+# The cost of the backlog: a server whose first call blocks its loop, so every later call stays held in core.
+BLOCKING_SERVER = r"""
+import asyncio, json, sys, time, grpc
+first = [True]
+async def handle(request, context):
+    if first[0]:
+        first[0] = False
+        print("blocked", flush=True)
+        time.sleep(float(sys.argv[2]))  # the loop stops: calls that arrive now wait in core's backlog
+    return b"ok"
+async def main():
+    server = grpc.aio.server(options=[tuple(o) for o in json.loads(sys.argv[1])])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "repro.Echo", {"Call": grpc.unary_unary_rpc_method_handler(handle)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+
+
+def _rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+
+
+async def _hold(process: subprocess.Popen[bytes], port: int, calls: int, size: int, block_s: float) -> tuple[int, int]:
+    """(RSS before, RSS with `calls` held) of the server, in kB; every call is answered in the end."""
+    assert process.stdout is not None
+    loop = asyncio.get_running_loop()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(ECHO)
+        first = asyncio.ensure_future(call(b"x", timeout=60 + block_s))
+        assert (await loop.run_in_executor(None, process.stdout.readline)).strip() == b"blocked"
+        before = _rss_kb(process.pid)
+        held = [asyncio.ensure_future(call(b"x" * size, timeout=120 + block_s)) for _ in range(calls)]
+        await asyncio.sleep(block_s * 0.8)
+        during = _rss_kb(process.pid)
+        await asyncio.gather(first, *held)
+    return before, during
+
+
+def held_call_memory(calls: int, size: int = 64, block_s: float = 8.0) -> float:
+    """kB of server RSS per call gRPC's core holds while the loop is blocked (the limit is set out of the way)."""
+    limit = [("grpc.server.max_pending_requests", 10**6), ("grpc.server.max_pending_requests_hard_limit", 10**6)]
+    process = subprocess.Popen([PYTHON, "-c", BLOCKING_SERVER, json.dumps(limit), str(block_s)], stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        before, during = asyncio.run(_hold(process, port, calls, size, block_s))
+        return (during - before) / calls
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 GRPC_LIMITS: list[tuple[str, int]] = []  # gRPC's own: random rejections from 1000 queued calls, all past 3000
 ONE_LIMIT = [("grpc.server.max_pending_requests", 20000), ("grpc.server.max_pending_requests_hard_limit", 20000)]
 
@@ -192,6 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="mnist")
     p.add_argument("--echo-only", action="store_true", help="only the bare echo server's rows")
     p.add_argument("--no-echo", action="store_true", help="only the service's rows")
+    p.add_argument("--held-memory", type=int, nargs="*", metavar="CALLS",
+                   help="instead: server RSS per call held in core's backlog, for so many 64-byte calls")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -227,6 +287,10 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, Run]]:
 def main(argv: list[str] | None = None) -> None:
     """Every row once per repeat, the rows in turn within each repeat, so a shared machine's drift hits all alike."""
     args = parse_args(argv)
+    if args.held_memory:
+        cells = [[f"{n:,}", f"{held_call_memory(n):.1f}"] for n in args.held_memory]
+        print(as_text(("server memory per call held in core's backlog (loop blocked)", ["calls", "kB each"], cells)))
+        return
     plan = _plan(args)
     runs: dict[str, list[tuple[list[RoundResult], float | None]]] = {label: [] for label, _ in plan}
     for repeat in range(args.repeats):
