@@ -250,6 +250,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="mnist")
     p.add_argument("--echo-only", action="store_true", help="only the bare echo server's rows")
     p.add_argument("--no-echo", action="store_true", help="only the service's rows")
+    p.add_argument("--block-s", type=float, default=8.0, help="--held-memory: how long the server's loop is blocked")
     p.add_argument("--held-memory", type=int, nargs="*", metavar="CALLS",
                    help="instead: server RSS per call held in core's backlog, for so many 64-byte calls")  # fmt: skip
     return p.parse_args(argv)
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     """Every row once per repeat, the rows in turn within each repeat, so a shared machine's drift hits all alike."""
     args = parse_args(argv)
     if args.held_memory:
-        cells = [[f"{n:,}", f"{held_call_memory(n):.1f}"] for n in args.held_memory]
+        cells = [[f"{n:,}", f"{held_call_memory(n, block_s=args.block_s):.1f}"] for n in args.held_memory]
         print(as_text(("server memory per call held in core's backlog (loop blocked)", ["calls", "kB each"], cells)))
         return
     plan = _plan(args)

@@ -220,3 +220,21 @@ def test_ab_runs_both_services_side_by_side_and_reads_their_gc_pauses() -> None:
                if line.startswith(("| A |", "| B |"))}  # fmt: skip
     assert set(gc_rows) == {(side, generation) for side in "AB" for generation in "012"}
     assert int(gc_rows[("B", "2")].split("|")[3].replace(",", "")) >= 1
+
+
+def test_deadline_burst_prints_both_echo_rows_and_the_fixed_limit_loses_nothing() -> None:
+    """`python -m benchmarks.deadline_burst --echo-only`: the table, and no lost call with the service's limit."""
+    argv = [sys.executable, "-m", "benchmarks.deadline_burst", "--echo-only", "--rounds", "1", "--repeats", "1"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("  ")[0]: line.split() for line in done.stdout.splitlines() if line.startswith("echo")}
+    assert set(rows) >= {"echo, grpc defaults", "echo, one limit of 20,000"}, done.stdout
+    assert rows["echo, one limit of 20,000"][-5] == "0", done.stdout  # the "lost" column
+
+
+def test_deadline_burst_measures_the_memory_of_held_calls() -> None:
+    argv = [sys.executable, "-m", "benchmarks.deadline_burst", "--held-memory", "2000", "--block-s", "3"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    kb_each = float(done.stdout.splitlines()[-1].split()[-1])
+    assert 2 < kb_each < 200, done.stdout  # held calls cost memory: the backlog is real, and bounded per call
