@@ -10,7 +10,7 @@ within milliseconds, never reaching a handler: docs/upstream/grpc-aio-pending-ca
 
 Rows, each run `--repeats` times on this machine, in turn:
   - echo, grpc defaults: a bare grpc.aio echo server (the upstream reproducer) with gRPC's own limits;
-  - echo, one limit: the same with the service's setting (`--max-pending-calls`, soft = hard = 20,000);
+  - echo, one limit: the same with the service's default `--max-pending-calls` (soft = hard limit);
   - service, grpc defaults: `python -m service --max-pending-calls 0` (gRPC's limits);
   - service, grpc defaults + retry config: the same, C over a plain grpcio channel with the published service config
     (`vae_client/service_config.json`); `retried` is what the server counted (`vae_retried_requests_total`);
@@ -38,8 +38,8 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.procs import PYTHON, Server, free_port, launch, stop, wait_serving
-from benchmarks.suite import DEFAULT_REPOSITORY
 from benchmarks.table import Table, as_text
+from service.config import DEFAULT_REPOSITORY, Settings
 from vae_client.proto_gen.vae.v1 import vae_pb2
 from vae_client.retry import retry_options
 
@@ -239,7 +239,9 @@ def held_call_memory(calls: int, size: int = 64, block_s: float = 8.0) -> float:
 
 
 GRPC_LIMITS: list[tuple[str, int]] = []  # gRPC's own: random rejections from 1000 queued calls, all past 3000
-ONE_LIMIT = [("grpc.server.max_pending_requests", 20000), ("grpc.server.max_pending_requests_hard_limit", 20000)]
+SERVICE_LIMIT = Settings().max_pending_calls  # the service's default, soft = hard
+ONE_LIMIT = [("grpc.server.max_pending_requests", SERVICE_LIMIT),
+             ("grpc.server.max_pending_requests_hard_limit", SERVICE_LIMIT)]  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -273,7 +275,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, Run]]:
     plan: list[tuple[str, Run]] = []
     if not args.no_echo:
         plan += [("echo, grpc defaults", partial(run_echo, GRPC_LIMITS, args.rounds)),
-                 ("echo, one limit of 20,000", partial(run_echo, ONE_LIMIT, args.rounds))]  # fmt: skip
+                 (f"echo, one limit of {SERVICE_LIMIT:,}", partial(run_echo, ONE_LIMIT, args.rounds))]  # fmt: skip
     if not args.echo_only:
         grpc_defaults = ["--max-pending-calls", "0"]
         plan += [

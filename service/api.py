@@ -281,7 +281,7 @@ DEADLINE_SLACK_S = 0.05
 
 
 def _is_retry(context: grpc.aio.ServicerContext) -> bool:
-    """Whether the client's gRPC sent this call as a retry of an attempt that failed (gRFC A6's header)."""
+    """Whether this is a retry attempt: the client's gRPC sends gRFC A6's header on each one (never on the first)."""
     return any(key == "grpc-previous-rpc-attempts" for key, _ in context.invocation_metadata() or ())
 
 
@@ -312,10 +312,10 @@ async def _observed(series: _Series, context: grpc.aio.ServicerContext) -> Async
 
     The metrics are recorded before an error status is sent, so a client that has its answer finds it counted.
     """
-    started, code, failure = time.perf_counter(), grpc.StatusCode.OK, None
-    series.in_flight.inc()
     if _is_retry(context):
         series.retried.inc()
+    started, code, failure = time.perf_counter(), grpc.StatusCode.OK, None
+    series.in_flight.inc()
     try:
         yield
     except (asyncio.CancelledError, GeneratorExit):  # the client went away, or its deadline passed

@@ -141,8 +141,8 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
         parser.error(f"--triton-model-control must be none or explicit, got {settings.triton_model_control!r}")
     if settings.repository_poll_s < 0 or settings.unload_grace_s < 0:
         parser.error("--repository-poll-s and --unload-grace-s must be >= 0")
-    if settings.max_pending_calls < 0:
-        parser.error(f"--max-pending-calls must be >= 0 (0: gRPC's default), got {settings.max_pending_calls}")
+    if not 0 <= settings.max_pending_calls <= 2**31 - 1:  # a C int in gRPC's channel arguments
+        parser.error(f"--max-pending-calls must be 0 (gRPC's default) to 2147483647, got {settings.max_pending_calls}")
     if settings.workers < 1:
         parser.error(f"--workers must be at least 1, got {settings.workers}")
     return settings

@@ -50,10 +50,10 @@ class ServiceMetrics:
         # in flight and queued: what every live worker holds adds up; a dead worker holds nothing ("live" drops it)
         self.in_flight = Gauge("vae_requests_in_flight", "RPCs being served", ["method"], registry=registry,
                                multiprocess_mode="livesum")  # fmt: skip
-        # calls that arrived as a retry (gRPC's grpc-previous-rpc-attempts header): an earlier attempt of each failed,
-        # e.g. cancelled by the server before any handler saw it (docs/upstream/grpc-aio-pending-cancelled.md)
-        self.retried = Counter("vae_retried_requests", "RPCs that arrived as a client's retry, by method", ["method"],
-                               registry=registry)  # fmt: skip
+        # retry attempts (gRPC's grpc-previous-rpc-attempts header; a call retried twice counts 2): an earlier attempt
+        # failed, e.g. cancelled by core before any handler saw it (docs/upstream/grpc-aio-pending-cancelled.md)
+        self.retried = Counter("vae_retried_requests", "RPC attempts that arrived as a client's retry, by method",
+                               ["method"], registry=registry)  # fmt: skip
         # the HTTP/JSON front's answers by HTTP status (each is also in vae_requests_total, with its gRPC code)
         self.http_responses = Counter("vae_http_responses", "HTTP/JSON answers, by method and HTTP status",
                                       ["method", "status"], registry=registry)  # fmt: skip

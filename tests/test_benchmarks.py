@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from benchmarks.payloads import SERVICE, Payload
 from benchmarks.procs import Server, stop
 from benchmarks.rows import Load, loadgen_argv
 from benchmarks.servers import start_transport
+from service.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("Sample", "Decode", "Encode")
@@ -227,9 +229,12 @@ def test_deadline_burst_prints_both_echo_rows_and_the_fixed_limit_loses_nothing(
     argv = [sys.executable, "-m", "benchmarks.deadline_burst", "--echo-only", "--rounds", "1", "--repeats", "1"]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    rows = {line.split("  ")[0]: line.split() for line in done.stdout.splitlines() if line.startswith("echo")}
-    assert set(rows) >= {"echo, grpc defaults", "echo, one limit of 20,000"}, done.stdout
-    assert rows["echo, one limit of 20,000"][-5] == "0", done.stdout  # the "lost" column
+    lines = [re.split(r"\s{2,}", line.strip()) for line in done.stdout.splitlines()]
+    at = next(i for i, cells in enumerate(lines) if cells[0] == "server")  # the table's header; progress lines above
+    rows = {cells[0]: dict(zip(lines[at], cells, strict=True)) for cells in lines[at + 1 :]}
+    ours = f"echo, one limit of {Settings().max_pending_calls:,}"
+    assert set(rows) == {"echo, grpc defaults", ours}, done.stdout
+    assert rows[ours]["lost"] == "0" and rows["echo, grpc defaults"]["C calls"] == "1,500", done.stdout
 
 
 def test_deadline_burst_measures_the_memory_of_held_calls() -> None:

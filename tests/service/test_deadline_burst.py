@@ -19,7 +19,7 @@ from benchmarks.procs import Server, stop
 from vae_client.retry import retry_options
 
 SAMPLE = "/vae.v1.VaeService/Sample"
-ROUNDS = 3
+ROUNDS = 5  # the issue asks for 3 or more; with gRPC's limit this test failed 9 runs of 9 (with 5 rounds: 15-64 lost)
 
 
 @pytest.fixture
@@ -49,8 +49,9 @@ def test_no_ordinary_call_is_lost_after_bursts_of_expired_deadlines(service: tup
 
 @pytest.mark.parametrize("service", [("--max-pending-calls", "0")], indirect=True)
 def test_the_published_retry_policy_recovers_what_grpcs_default_limit_cancels(service: tuple[Server, int]) -> None:
-    """gRPC's own backlog limit (the failure is there), the ordinary calls over a plain grpcio channel with the
-    published service config: none lost; the retries it took, as the server counted them, printed."""
+    """gRPC's own backlog limit (with which the first test loses calls), the ordinary calls over a plain grpcio
+    channel with the published service config: none lost; the retries it took, as the server counted them, printed.
+    Whether a first attempt failed in a given run is up to chance: the next test makes it certain."""
     server, metrics_port = service
     results = asyncio.run(burst_then_traffic(server.target, SAMPLE, sample_request("tiny"), ROUNDS,
                                              options=retry_options(), report=print))  # fmt: skip

@@ -38,6 +38,7 @@ class FirstAttemptFails:
     def __init__(self, code: grpc.StatusCode, hold_s: float = 0.0) -> None:
         self.code, self.hold_s = code, hold_s
         self.attempts: list[str] = []  # per attempt: the header's value, "" on a first attempt
+        self.seeds: list[int] = []  # the seed of each reply sent
         self._server = grpc.server(ThreadPoolExecutor(8))
         handlers = {name: grpc.unary_unary_rpc_method_handler(self._handle) for name in ("Sample",)}
         self._server.add_generic_rpc_handlers((
@@ -58,8 +59,9 @@ class FirstAttemptFails:
         if not previous:
             context.abort(self.code, "fake: first attempt refused")
         zeros = array_to_tensor(np.zeros((1, 1, 2, 2), np.float32))
+        self.seeds.append(random.getrandbits(63))
         reply = vae_pb2.SampleResponse(images=vae_pb2.Images(tensor=zeros), latents=array_to_tensor(np.zeros((1, 2))),
-                                       seed=random.getrandbits(63), model="fake")  # fmt: skip
+                                       seed=self.seeds[-1], model="fake")  # fmt: skip
         return reply.SerializeToString()
 
 
@@ -84,7 +86,8 @@ def test_the_policy_covers_the_vae_service_alone_and_retries_what_the_server_can
     (method,) = config["methodConfig"]
     assert method["name"] == [{"service": "vae.v1.VaeService"}]  # not the admin service, not health
     assert RETRYABLE_CODES == ("CANCELLED", "UNAVAILABLE")
-    assert method["retryPolicy"]["maxAttempts"] == 5 and config["retryThrottling"]["tokenRatio"] == 0.1
+    assert method["retryPolicy"]["maxAttempts"] == 5  # gRPC's ceiling: the first attempt and 4 retries
+    assert config["retryThrottling"] == {"maxTokens": 100, "tokenRatio": 0.1}
 
 
 @pytest.mark.parametrize("fake", [(grpc.StatusCode.CANCELLED, 0.0), (grpc.StatusCode.UNAVAILABLE, 0.0)],
@@ -94,7 +97,7 @@ def test_a_plain_grpcio_channel_with_the_policy_gets_its_answer_after_the_fake_r
 ) -> None:
     reply = vae_pb2.SampleResponse.FromString(_call(fake.target, SAMPLE, retry_options()))
     assert reply.model == "fake" and fake.attempts == ["", "1"]
-    with pytest.raises(grpc.RpcError) as refused:  # the same channel without the policy: the call is lost
+    with pytest.raises(grpc.RpcError) as refused:  # a channel without the policy: the call is lost
         _call(fake.target, SAMPLE, [])
     assert refused.value.code() == fake.code
 
@@ -116,24 +119,27 @@ def test_the_admin_service_is_not_retried(fake: FirstAttemptFails) -> None:
 def test_a_call_its_caller_cancels_is_never_retried(fake: FirstAttemptFails) -> None:
     with grpc.insecure_channel(fake.target, options=retry_options()) as channel:
         future = channel.unary_unary(SAMPLE).future(b"", timeout=10)
-        while not fake.attempts:
+        reached = time.monotonic() + 10
+        while not fake.attempts and time.monotonic() < reached:
             time.sleep(0.01)
+        assert fake.attempts, "the call never reached the fake server"
         assert future.cancel()
         time.sleep(1.5)  # the held attempt ends (with CANCELLED) long before this; a retry would be here by now
     assert fake.attempts == [""]
 
 
-def test_the_typed_client_retries_and_the_reply_reports_the_seed_the_retry_drew(fake: FirstAttemptFails) -> None:
+def test_the_typed_client_retries_and_reports_the_seed_of_the_attempt_that_answered(fake: FirstAttemptFails) -> None:
     with VaeClient(fake.target, timeout_s=10) as client:
-        generated = client.sample(1)
-    assert fake.attempts == ["", "1"] and generated.seed > 0
+        generated = client.sample(1)  # unseeded: the answering attempt's server draws the seed
+    assert fake.attempts == ["", "1"] and fake.seeds == [generated.seed]
     with VaeClient(fake.target, timeout_s=10, retries=False) as client, pytest.raises(grpc.RpcError) as refused:
         client.sample(1)
     assert refused.value.code() == grpc.StatusCode.CANCELLED
 
 
 def test_the_typed_client_retries_calls_from_many_threads_at_once(fake: FirstAttemptFails) -> None:
-    """Retry throttling lets a burst of refusals through: 40 concurrent calls, each refused once, all answered."""
+    """40 concurrent calls, each refused once, all answered: within the throttle's headroom (100 tokens, retries
+    stop at 50, one token per failure), a burst of refusals is retried."""
     with VaeClient(fake.target, timeout_s=20) as client, ThreadPoolExecutor(8) as pool:
         seeds = list(pool.map(lambda _: client.sample(1).seed, range(40)))
     assert len(seeds) == 40 and fake.attempts.count("") == 40 and fake.attempts.count("1") == 40

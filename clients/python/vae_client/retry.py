@@ -4,10 +4,15 @@ README tells every other client to use (docs/api.md "Retries").
 Why: a grpc.aio server that falls behind can cancel a call before any handler sees it (CANCELLED, after a few
 milliseconds: docs/upstream/grpc-aio-pending-cancelled.md), and a replica that is going away refuses calls
 (UNAVAILABLE). Every VaeService RPC is free of side effects, so trying again is safe; a request without a seed gets
-a fresh one on the retry, and the reply says which (`seed`). gRPC itself does the retrying: up to 5 attempts within
-the call's deadline, backing off from 50 ms to 1 s, never once the reply has begun (a stream that has sent a
-message), never a call the caller cancelled (that is local, not a status), and only while fewer than about 1 call
-in 10 fails (`retryThrottling`), so an overloaded server is not hit twice as hard. The admin service is not covered.
+a fresh one on the retry, and the reply says which (`seed`). gRPC itself does the retrying:
+- up to 5 attempts (the first and 4 retries) within the call's deadline, waiting about 0.1, 0.2, 0.4, 0.8 s between
+  them (gRPC adds +-20% jitter), at most 2 s;
+- never once the call is committed: response headers or a message received (a stream that has begun), or a request
+  larger than the retry buffer (`retry_buffer_bytes` below);
+- never a call the caller cancelled (that is local, not a status);
+- only while the channel's retry budget lasts (`retryThrottling`: 100 tokens, each failure takes 1, each success
+  gives 0.1 back, no retries at 50 or fewer), so an overloaded server is not hit twice as hard.
+The admin service and health are not covered.
 """
 
 from __future__ import annotations
