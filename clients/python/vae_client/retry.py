@@ -1,5 +1,5 @@
 """The retry policy for vae.v1.VaeService, as a gRPC service config: the one the typed client uses, and the one the
-README tells every other client to use (docs/api.md "Retries").
+README tells every other client to use (README.md, "Retries").
 
 Why: a grpc.aio server that falls behind can cancel a call before any handler sees it (CANCELLED, after a few
 milliseconds: docs/upstream/grpc-aio-pending-cancelled.md), and a replica that is going away refuses calls
